@@ -1,0 +1,156 @@
+"""The ClientApp a business-line silo runs: it trains and evaluates on its own store.
+
+What leaves the silo, per message, is exactly: model weights, example counts,
+a mean training loss, and evaluation aggregates (AUC, log-loss, and counts of
+positives/negatives per score bin). No customer id, feature row or label does.
+
+Which silo a ClientApp serves comes from its node: in a deployment the SuperNode
+is started with ``--node-config "silo-dir='/data/flights'"``; in the Simulation
+Engine each virtual node's ``partition-id`` picks one silo under ``silos-dir``.
+"""
+
+from __future__ import annotations
+
+import functools
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.logger import log
+
+from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.models.metrics import BinaryEvaluation
+from fedprofile.models.propensity import build_model
+from fedprofile.models.training import TrainParams, predict_proba, train_local
+
+from .features import N_FEATURES, SiloData, load_silo_data
+from .silos import list_silos
+from .store import SiloStore
+
+app = ClientApp()
+
+
+def resolve_silo_dir(context: Context) -> Path:
+    """The directory of the silo this node serves (see module docstring)."""
+    node = context.node_config
+    if "silo-dir" in node:
+        return Path(str(node["silo-dir"])).expanduser()
+    if "partition-id" in node:
+        cfg = TrainConfig.from_mapping(context.run_config)
+        silos = list_silos(cfg.silos_path)
+        partition, total = int(node["partition-id"]), int(node["num-partitions"])
+        if total != len(silos):
+            raise ConfigError(
+                f"the federation has {total} SuperNodes but {cfg.silos_path} holds "
+                f"{len(silos)} silos ({', '.join(s.name for s in silos)}); run with "
+                f"--federation-config \"num-supernodes={len(silos)}\""
+            )
+        return silos[partition]
+    raise ConfigError("this SuperNode has no silo: start it with --node-config \"silo-dir='...'\"")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_data(silo_dir: str, mtime_ns: int, horizon_days: int, as_of: str) -> SiloData:
+    # Keyed by the store's modification time so a re-ingested silo is re-read,
+    # while repeated rounds in one process reuse the features.
+    del mtime_ns
+    with SiloStore.open(Path(silo_dir)) as store:
+        return load_silo_data(store, horizon_days=horizon_days, as_of=as_of)
+
+
+def silo_data(context: Context, horizon_days: int, as_of: str) -> SiloData:
+    silo_dir = resolve_silo_dir(context)
+    store = SiloStore.open(silo_dir)  # checks it exists and is a store
+    store.close()
+    mtime = (silo_dir / "store.sqlite").stat().st_mtime_ns
+    data = _cached_data(str(silo_dir), mtime, horizon_days, as_of)
+    if len(data.train) == 0 or len(data.test) == 0:
+        raise ValueError(f"silo {data.name} has no customers to train or test on "
+                         f"(train {len(data.train)}, test {len(data.test)})")
+    return data
+
+
+def _params(config: ConfigRecord, epochs_key: str = "local-epochs") -> TrainParams:
+    return TrainParams(
+        epochs=int(config[epochs_key]),
+        batch_size=int(config["batch-size"]),
+        learning_rate=float(config["learning-rate"]),
+        seed=int(config["seed"]) + int(config.get("server-round", 0)),
+    )
+
+
+def _model_from(msg: Message):
+    config = msg.content["config"]
+    model = build_model(N_FEATURES, hidden=int(config["hidden-units"]))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model, config
+
+
+def evaluation_record(evaluation: BinaryEvaluation) -> MetricRecord:
+    """The evaluation aggregates a silo may share."""
+    return MetricRecord(
+        {
+            "num-examples": evaluation.examples,
+            "positives": evaluation.positives,
+            "auc": evaluation.auc,
+            "log-loss": evaluation.log_loss,
+            "log-loss-sum": evaluation.log_loss_sum,
+            "pos-hist": [int(v) for v in evaluation.pos_hist],
+            "neg-hist": [int(v) for v in evaluation.neg_hist],
+        }
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One federated round: start from the global weights, train locally, send weights."""
+    model, config = _model_from(msg)
+    data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
+    stats = train_local(model, data.train.x, data.train.y, _params(config))
+    log(INFO, "silo %s: trained on %d customers (%.0f samples/s)", data.name,
+        len(data.train), stats.samples_per_second)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": len(data.train),
+                    "train-loss": stats.mean_loss,
+                    "samples-per-second": stats.samples_per_second,
+                    "train-seconds": stats.seconds,
+                }
+            ),
+            "silo": ConfigRecord({"name": data.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global model on this silo's out-of-time test snapshot."""
+    model, config = _model_from(msg)
+    data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
+    evaluation = BinaryEvaluation.of(data.test.y, predict_proba(model, data.test.x))
+    content = RecordDict(
+        {"metrics": evaluation_record(evaluation), "silo": ConfigRecord({"name": data.name})}
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.train("silo_alone")
+def silo_alone(msg: Message, context: Context) -> Message:
+    """Baseline: the same model trained on this silo's data only, never shared.
+
+    It answers "what would this line get without the federation?" and runs
+    inside the silo, so it is as private as the federated run itself.
+    """
+    model, config = _model_from(msg)
+    data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
+    train_local(model, data.train.x, data.train.y, _params(config, "total-epochs"))
+    evaluation = BinaryEvaluation.of(data.test.y, predict_proba(model, data.test.x))
+    content = RecordDict(
+        {"metrics": evaluation_record(evaluation), "silo": ConfigRecord({"name": data.name})}
+    )
+    return Message(content=content, reply_to=msg)

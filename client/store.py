@@ -1,0 +1,276 @@
+"""A silo's local store: one SQLite file in the silo's own directory.
+
+Why SQLite: it is in the standard library (nothing to operate or secure beyond a
+file), it is transactional (an ingestion is one transaction, so a bad file leaves
+the store exactly as it was, even if the process dies half-way), and it is
+plenty fast for the per-customer aggregates the silo computes locally. The store
+is only ever opened by the silo's own processes; nothing in it leaves the silo.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .schema import CUSTOMERS, ORDERS, Kind, Table
+
+STORE_FILENAME = "store.sqlite"
+SCHEMA_VERSION = 1
+
+_SQL_TYPES = {
+    Kind.TEXT: "TEXT",
+    Kind.DATE: "TEXT",  # ISO date: sorts and compares correctly as text
+    Kind.DATETIME: "INTEGER",  # seconds since the Unix epoch, naive = local time
+    Kind.AMOUNT: "REAL",
+    Kind.BOOL: "INTEGER",
+}
+
+
+class StoreError(RuntimeError):
+    """The silo store is missing, unreadable or of an unknown schema version."""
+
+
+def _ddl(table: Table) -> str:
+    cols = []
+    for col in table.columns:
+        decl = f"{col.name} {_SQL_TYPES[col.kind]}"
+        if col.name == table.key:
+            decl += " PRIMARY KEY"
+        elif col.required:
+            decl += " NOT NULL"
+        cols.append(decl)
+    return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
+
+
+_SCHEMA_SQL = (
+    "CREATE TABLE IF NOT EXISTS silo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _ddl(CUSTOMERS),
+    _ddl(ORDERS),
+    "CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, order_time)",
+    """CREATE TABLE IF NOT EXISTS ingestions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        customers_added INTEGER NOT NULL,
+        customers_updated INTEGER NOT NULL,
+        orders_added INTEGER NOT NULL
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class OrderArrays:
+    """A silo's orders as columns, ordered by (customer, time).
+
+    ``customer_index`` points into the ``customer_ids`` of the matching
+    :class:`CustomerArrays`, so per-customer aggregates are plain numpy
+    reductions.
+    """
+
+    customer_index: np.ndarray  # int64
+    order_time: np.ndarray  # int64, seconds since epoch
+    amount: np.ndarray  # float64
+    category: np.ndarray  # object (str)
+    coupon_used: np.ndarray  # bool
+
+
+@dataclass(frozen=True)
+class CustomerArrays:
+    """A silo's customers as columns, sorted by customer_id."""
+
+    customer_ids: np.ndarray  # object (str)
+    province: np.ndarray  # object (str)
+    city: np.ndarray  # object (str)
+    age_band: np.ndarray  # object (str)
+    signup_date: np.ndarray  # int64, seconds since epoch at midnight
+    marketing_opt_out: np.ndarray  # bool
+
+
+def date_to_epoch(value: dt.date) -> int:
+    """Seconds since the epoch at midnight of ``value`` (naive, local platform time)."""
+    return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp())
+
+
+def datetime_to_epoch(value: dt.datetime) -> int:
+    """Seconds since the epoch; an aware datetime is converted to UTC first."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return int(value.replace(tzinfo=dt.UTC).timestamp())
+
+
+class SiloStore:
+    """Read and write access to one silo's SQLite store.
+
+    Use :meth:`open` for an existing store and :meth:`create` for a new one, so
+    that a typo in a path never silently creates an empty silo.
+    """
+
+    def __init__(self, silo_dir: Path, conn: sqlite3.Connection) -> None:
+        self.silo_dir = silo_dir
+        self._conn = conn
+
+    # -- lifecycle ---------------------------------------------------------
+    @classmethod
+    def create(cls, silo_dir: Path, name: str | None = None) -> SiloStore:
+        """Create (or open, if it exists) the store in ``silo_dir``."""
+        silo_dir = Path(silo_dir)
+        silo_dir.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(silo_dir / STORE_FILENAME)
+        with conn:
+            for stmt in _SCHEMA_SQL:
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO silo_meta VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO silo_meta VALUES ('name', ?)",
+                (name or silo_dir.name,),
+            )
+        store = cls(silo_dir, conn)
+        store._check_version()
+        return store
+
+    @classmethod
+    def open(cls, silo_dir: Path) -> SiloStore:
+        """Open an existing store; a clear error if there is none."""
+        silo_dir = Path(silo_dir)
+        path = silo_dir / STORE_FILENAME
+        if not path.is_file():
+            raise StoreError(
+                f"no silo store at {path}: create one with `fedprofile silo ingest`"
+            )
+        store = cls(silo_dir, cls._connect(path))
+        store._check_version()
+        return store
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{path}: not a readable silo store ({err})") from err
+        return conn
+
+    def _check_version(self) -> None:
+        try:
+            row = self._conn.execute(
+                "SELECT value FROM silo_meta WHERE key='schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: not a silo store ({err})") from err
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {row[0] if row else 'missing'}, "
+                f"this fedprofile reads version {SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SiloStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.silo_dir / STORE_FILENAME
+
+    @property
+    def name(self) -> str:
+        row = self._conn.execute("SELECT value FROM silo_meta WHERE key='name'").fetchone()
+        return str(row[0])
+
+    # -- writing -----------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front so two ingestions into
+        the same silo serialise instead of failing half-way.
+        """
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- reading -----------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        return {
+            t: int(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+            for t in ("customers", "orders", "ingestions")
+        }
+
+    def existing_keys(self, table: Table, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are already in ``table`` (checked in chunks)."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN ({marks})",
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def ingestions(self) -> list[dict[str, object]]:
+        cur = self._conn.execute("SELECT * FROM ingestions ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def customer_arrays(self) -> CustomerArrays:
+        rows = self._conn.execute(
+            "SELECT customer_id, province, city, age_band, signup_date, marketing_opt_out "
+            "FROM customers ORDER BY customer_id"
+        ).fetchall()
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 6
+        signup = np.array(
+            [date_to_epoch(dt.date.fromisoformat(d)) for d in cols[4]], dtype=np.int64
+        )
+        return CustomerArrays(
+            customer_ids=np.array(cols[0], dtype=object),
+            province=np.array(cols[1], dtype=object),
+            city=np.array(cols[2], dtype=object),
+            age_band=np.array(cols[3], dtype=object),
+            signup_date=signup,
+            marketing_opt_out=np.array(cols[5], dtype=bool),
+        )
+
+    def order_arrays(self, customers: CustomerArrays) -> OrderArrays:
+        rows = self._conn.execute(
+            "SELECT customer_id, order_time, amount, category, coupon_used FROM orders "
+            "ORDER BY customer_id, order_time"
+        ).fetchall()
+        if not rows:
+            empty_i = np.zeros(0, dtype=np.int64)
+            return OrderArrays(empty_i, empty_i.copy(), np.zeros(0), np.zeros(0, dtype=object),
+                               np.zeros(0, dtype=bool))
+        cid, otime, amount, category, coupon = zip(*rows, strict=True)
+        index = np.searchsorted(customers.customer_ids, np.array(cid, dtype=object))
+        return OrderArrays(
+            customer_index=index.astype(np.int64),
+            order_time=np.array(otime, dtype=np.int64),
+            amount=np.array(amount, dtype=np.float64),
+            category=np.array(category, dtype=object),
+            coupon_used=np.array(coupon, dtype=bool),
+        )
+
+    def iter_rows(self, table: Table) -> Iterable[tuple[object, ...]]:
+        return self._conn.execute(
+            f"SELECT {', '.join(table.column_names)} FROM {table.name} ORDER BY {table.key}"
+        )

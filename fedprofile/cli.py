@@ -1,0 +1,201 @@
+"""The ``fedprofile`` command line.
+
+Sub-commands map one-to-one onto the Python API, so whatever a user does here
+can be scripted, and the CLI only parses arguments, reports progress and turns
+known failures into one clear line (no traceback) with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from fedprofile import __version__
+from fedprofile.config import ConfigError, TrainConfig, default_workspace
+
+EXIT_INPUT = 2  # bad input or configuration: nothing was changed
+EXIT_RUNTIME = 1  # something failed while running
+EXIT_INTERRUPTED = 130
+
+
+def _progress(message: str) -> None:
+    print(message, flush=True)
+
+
+def _parse_settings(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, object] = dict(_parse_settings(args.set or []))
+    for name in ("rounds", "local_epochs", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values["num-server-rounds" if name == "rounds" else name.replace("_", "-")] = value
+    for name in ("workspace", "silos_dir", "run_dir"):
+        value = getattr(args, name, None)
+        if value:
+            values[name.replace("_", "-")] = str(value)
+    return TrainConfig.from_mapping(values)
+
+
+# -- commands --------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.platform import PlatformConfig, generate_platform
+
+    out = Path(args.out) if args.out else default_workspace() / "platform"
+    summary = generate_platform(PlatformConfig(n_customers=args.customers, seed=args.seed),
+                                out, progress=lambda m: _progress(f"  {m}"),
+                                overwrite=args.overwrite)
+    _progress(f"platform written to {summary.out_dir}")
+    for line in summary.customers_per_line:
+        _progress(f"  {line}: {summary.customers_per_line[line]:,} customers, "
+                  f"{summary.orders_per_line[line]:,} orders -> "
+                  f"{summary.out_dir / 'silos' / line}")
+    _progress(f"  ground truth (never loaded into a silo): {summary.out_dir / 'ground_truth'}")
+    return 0
+
+
+def cmd_silo_ingest(args: argparse.Namespace) -> int:
+    from fedprofile.client.ingest import ingest
+
+    report = ingest(Path(args.silo), customers=args.customers, orders=args.orders,
+                    silo_name=args.name)
+    _progress(f"silo {args.silo}: {report.customers_added:,} customers added, "
+              f"{report.customers_updated:,} updated, {report.orders_added:,} orders added")
+    for path, cols in report.ignored_columns.items():
+        _progress(f"  note: {path}: columns not in the schema were not stored: {', '.join(cols)}")
+    return 0
+
+
+def cmd_silo_info(args: argparse.Namespace) -> int:
+    from fedprofile.client.store import SiloStore
+
+    with SiloStore.open(Path(args.silo)) as store:
+        info = {"name": store.name, "path": str(store.path), **store.counts(),
+                "ingestions": store.ingestions()}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.training import run_training, summary_table
+
+    cfg = _train_config(args)
+    result = run_training(cfg, progress=_progress, oracle=not args.no_oracle)
+    _progress(summary_table(result.metrics))
+    _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fedprofile.demo import run_demo
+    from fedprofile.simulations.platform import PlatformConfig
+
+    workspace = Path(args.workspace) if args.workspace else default_workspace() / "demo"
+    args.workspace = None  # the demo sets workspace/silos itself
+    cfg = _train_config(args)
+    result = run_demo(workspace.expanduser(), PlatformConfig(n_customers=args.customers,
+                                                             seed=args.platform_seed),
+                      cfg, progress=_progress)
+    run_dir = result.training.run_dir
+    _progress(f"\ndemo finished in {result.seconds:.0f}s")
+    _progress(f"  run directory: {run_dir}")
+    _progress(f"  metrics:       {run_dir / 'metrics.json'}")
+    _progress(f"  plot:          {run_dir / 'auc_by_round.png'}")
+    _progress(f"  model:         {run_dir / 'model.pt'}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, help="federated rounds (num-server-rounds)")
+    p.add_argument("--local-epochs", type=int, help="epochs each silo trains per round")
+    p.add_argument("--seed", type=int, help="model initialisation and shuffling seed")
+    keys = ", ".join(f.name.replace("_", "-") for f in fields(TrainConfig))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help=f"any training setting ({keys})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedprofile",
+        description="Privacy-preserving federated customer profiling across business-line silos.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedprofile {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate a platform, build silos, train federatedly, compare")
+    p.add_argument("--workspace", help="directory for the demo (default: $FEDPROFILE_HOME/demo "
+                   "or ~/.fedprofile/demo); rewritten on every run")
+    p.add_argument("--customers", type=int, default=20_000, help="people on the platform")
+    p.add_argument("--platform-seed", type=int, default=7, help="generator seed")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="write the synthetic travel platform (one folder per line)")
+    p.add_argument("--out", help="platform directory (default: <workspace>/platform)")
+    p.add_argument("--customers", type=int, default=20_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing platform")
+    p.set_defaults(func=cmd_generate)
+
+    silo = sub.add_parser("silo", help="manage a business line's local store")
+    silo_sub = silo.add_subparsers(dest="silo_command", required=True)
+    p = silo_sub.add_parser("ingest", help="load customers and/or orders (CSV or Parquet), "
+                            "all or nothing")
+    p.add_argument("--silo", required=True, help="the silo's directory (created if missing)")
+    p.add_argument("--customers", type=Path, help="customers file (.csv or .parquet)")
+    p.add_argument("--orders", type=Path, help="orders file (.csv or .parquet)")
+    p.add_argument("--name", help="silo name (default: the directory's name)")
+    p.set_defaults(func=cmd_silo_ingest)
+    p = silo_sub.add_parser("info", help="counts and ingestion history (no customer rows)")
+    p.add_argument("--silo", required=True)
+    p.set_defaults(func=cmd_silo_info)
+
+    p = sub.add_parser("train", help="federated training on Flower's Simulation Engine, "
+                       "with the centralized oracle and silo-alone baselines")
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo "
+                   "(default: <workspace>/silos)")
+    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fedprofile.client.ingest import IngestError
+    from fedprofile.client.store import StoreError
+    from fedprofile.server.local_superlink import SimulationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except IngestError as err:
+        print(f"fedprofile: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except (ConfigError, StoreError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"fedprofile: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except SimulationError as err:
+        print(f"fedprofile: training failed: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("fedprofile: interrupted; no process was left running", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

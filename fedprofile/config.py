@@ -1,0 +1,143 @@
+"""Training configuration: one validated place for every knob of a federated run.
+
+The same keys appear in ``pyproject.toml`` (``[tool.flwr.app.config]``, the
+defaults ``flwr run .`` uses), on ``fedprofile train`` and in Flower's run
+config, so a value is validated the same way wherever it comes from and a typo
+fails before any silo is contacted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_HOME = "FEDPROFILE_HOME"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def default_workspace() -> Path:
+    """Where fedprofile keeps platforms, silos and runs unless told otherwise."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".fedprofile").expanduser()
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a federated propensity run needs to know.
+
+    Field names are the run-config keys with ``-`` replaced by ``_``.
+    """
+
+    num_server_rounds: int = 5
+    local_epochs: int = 2
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    hidden_units: int = 32
+    horizon_days: int = 30
+    as_of: str = ""
+    seed: int = 0
+    min_silos: int = 2
+    round_timeout: float = 600.0
+    silo_alone: bool = True
+    workspace: str = ""
+    silos_dir: str = ""
+    run_dir: str = ""
+
+    def __post_init__(self) -> None:
+        positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
+                         "horizon_days", "min_silos")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{_key(name)} must be a positive integer, got {value!r}")
+        for name in ("learning_rate", "round_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigError(f"{_key(name)} must be a positive number, got {value!r}")
+        if self.learning_rate > 10:
+            raise ConfigError(f"learning-rate {self.learning_rate} is implausibly large")
+        if self.horizon_days > 366:
+            raise ConfigError(f"horizon-days must be at most 366, got {self.horizon_days}")
+        if self.as_of:
+            try:
+                dt.date.fromisoformat(self.as_of)
+            except ValueError:
+                raise ConfigError(f"as-of must be a date YYYY-MM-DD, got {self.as_of!r}") from None
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+
+    # -- conversions -------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from run-config style keys (``num-server-rounds``); unknown keys fail."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"unknown setting {key!r}; known: {', '.join(sorted(map(_key, known)))}"
+                )
+            kwargs[name] = _coerce(key, value, type(getattr(cls(), name)))
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Run-config style keys, for Flower's ``--run-config`` and for saving."""
+        return {_key(k): v for k, v in asdict(self).items()}
+
+    # -- derived paths -----------------------------------------------------
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).expanduser() if self.workspace else default_workspace()
+
+    @property
+    def silos_path(self) -> Path:
+        return Path(self.silos_dir).expanduser() if self.silos_dir else self.workspace_path / "silos"
+
+    def run_path(self, run_id: str) -> Path:
+        return Path(self.run_dir).expanduser() if self.run_dir else self.workspace_path / "runs" / run_id
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    """Convert a value from TOML/CLI/Flower into the field's type, or fail clearly."""
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if target is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be text, got {value!r}")
+    return value

@@ -1,0 +1,127 @@
+"""The ServerApp: coordinates federated training of the propensity model.
+
+The server holds no customer data. It sends the global weights out, averages
+what comes back (FedAvg, weighted by each silo's number of customers), and
+collects evaluation aggregates. At the end it asks every silo for its
+silo-alone baseline, so the federation's benefit is visible per line, and writes
+the model, its config and its metrics to the run directory.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from logging import INFO, WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedprofile import __version__
+from fedprofile.client.features import FEATURE_NAMES, N_FEATURES
+from fedprofile.config import TrainConfig
+from fedprofile.files import atomic_write_bytes, atomic_write_json
+from fedprofile.models.propensity import build_model
+from fedprofile.simulations.plots import plot_auc_by_round
+
+from .evaluation import decode_reply, summarise
+from .strategy import SiloFedAvg
+
+app = ServerApp()
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "auc_by_round.png"
+
+
+def client_config(cfg: TrainConfig) -> ConfigRecord:
+    """The part of the config every silo needs; no paths, no secrets."""
+    return ConfigRecord(
+        {
+            "local-epochs": cfg.local_epochs,
+            "total-epochs": cfg.local_epochs * cfg.num_server_rounds,
+            "batch-size": cfg.batch_size,
+            "learning-rate": cfg.learning_rate,
+            "hidden-units": cfg.hidden_units,
+            "horizon-days": cfg.horizon_days,
+            "as-of": cfg.as_of,
+            "seed": cfg.seed,
+        }
+    )
+
+
+def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
+                   timeout: float) -> dict[str, object]:
+    """Ask every silo to train the same model on its own data only and report."""
+    messages = [
+        Message(content=RecordDict({"arrays": arrays, "config": config}),
+                message_type="train.silo_alone", dst_node_id=node_id)
+        for node_id in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    ok = [r for r in replies if not r.has_error()]
+    for r in replies:
+        if r.has_error():
+            log(WARNING, "fedprofile: a silo failed its silo-alone baseline: %s",
+                r.error.reason)
+    return summarise([decode_reply(r.content) for r in ok]) if ok else {}
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = TrainConfig.from_mapping(context.run_config)
+    run_dir = cfg.run_path(f"flwr-{context.run_id}")
+    started = time.perf_counter()
+    log(INFO, "fedprofile: federated propensity training, %d rounds, results in %s",
+        cfg.num_server_rounds, run_dir)
+
+    model = build_model(N_FEATURES, hidden=cfg.hidden_units, seed=cfg.seed)
+    initial = ArrayRecord(model.state_dict())
+    strategy = SiloFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=cfg.min_silos,
+        min_evaluate_nodes=cfg.min_silos,
+        min_available_nodes=cfg.min_silos,
+    )
+    config = client_config(cfg)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+        train_config=config,
+        evaluate_config=config,
+    )
+    if not strategy.history or not strategy.history[-1].evaluation:
+        raise RuntimeError("federated training produced no evaluation: see the log above")
+
+    alone: dict[str, object] = {}
+    if cfg.silo_alone:
+        log(INFO, "fedprofile: training silo-alone baselines")
+        alone = run_silo_alone(grid, initial, config, cfg.round_timeout)
+
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    buffer = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "hidden_units": cfg.hidden_units,
+                "feature_names": list(FEATURE_NAMES), "config": cfg.to_mapping(),
+                "fedprofile_version": __version__}, buffer)
+    atomic_write_bytes(run_dir / MODEL_FILE, buffer.getvalue())
+    metrics = {
+        "flower_run_id": context.run_id,
+        "config": cfg.to_mapping(),
+        "feature_names": list(FEATURE_NAMES),
+        "rounds": [
+            {"round": r.round, "seconds": r.seconds, "trained": r.trained,
+             "train_loss": r.train_loss, "failures": r.failures, **r.evaluation}
+            for r in strategy.history
+        ],
+        "federated": strategy.history[-1].evaluation,
+        "silo_alone": alone,
+        "seconds": time.perf_counter() - started,
+    }
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    plot_auc_by_round(metrics, run_dir / PLOT_FILE)
+    log(INFO, "fedprofile: done in %.1fs; model and metrics in %s",
+        time.perf_counter() - started, run_dir)

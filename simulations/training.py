@@ -1,0 +1,108 @@
+"""A federated training run on one machine, with the comparisons only a simulation can make.
+
+It runs the real Flower app on Flower's Simulation Engine (one virtual
+SuperNode per silo), then adds the centralized oracle, and leaves a run
+directory a data scientist can open: ``metrics.json``, ``model.pt``,
+``config.json``, ``auc_by_round.png`` and Flower's logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedprofile.client.silos import list_silos
+from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.files import atomic_write_json
+from fedprofile.server.app import METRICS_FILE, PLOT_FILE
+from fedprofile.server.local_superlink import SimulationError, run_simulation
+
+from .oracle import centralized_oracle, load_all
+from .plots import plot_auc_by_round
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SHOWN = re.compile(r"fedprofile: (.*)$")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Where a run's results are and the headline numbers."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def new_run_id() -> str:
+    """Sortable and unique: ``20261124-101500-3fa2``."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _relay(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """Show the ServerApp's own progress lines and errors, not Flower's chatter."""
+    def on_line(line: str) -> None:
+        clean = _ANSI.sub("", line)
+        match = _SHOWN.search(clean)
+        if match:
+            progress(f"  {match.group(1)}")
+        elif "ERROR" in clean or "Traceback" in clean:
+            progress(f"  {clean.strip()}")
+    return on_line
+
+
+def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
+                 oracle: bool = True) -> TrainingResult:
+    """Train federatedly on every silo under ``cfg.silos_path``; add the oracle."""
+    silos = list_silos(cfg.silos_path)
+    if len(silos) < cfg.min_silos:
+        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    run_dir = cfg.run_path(new_run_id())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} is not empty")
+    cfg = replace(cfg, run_dir=str(run_dir.resolve()), silos_dir=str(cfg.silos_path.resolve()))
+    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+
+    started = time.perf_counter()
+    progress(f"federated training on Flower's Simulation Engine: {len(silos)} silos "
+             f"({', '.join(s.name for s in silos)}), {cfg.num_server_rounds} rounds")
+    run_simulation(cfg, len(silos), run_dir / "flower", _relay(progress))
+    metrics_path = run_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise SimulationError(f"the ServerApp did not finish; see {run_dir / 'flower' / 'flower.log'}")
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text())
+    federated_seconds = time.perf_counter() - started
+
+    if oracle:
+        progress("centralized oracle (pooled data, simulation only)")
+        metrics["oracle"] = centralized_oracle(load_all(silos, cfg), cfg)
+    metrics["timing"] = {"federated_seconds": federated_seconds,
+                         "total_seconds": time.perf_counter() - started}
+    atomic_write_json(metrics_path, metrics)
+    plot_auc_by_round(metrics, run_dir / PLOT_FILE)
+    return TrainingResult(run_dir=run_dir, metrics=metrics,
+                          seconds=time.perf_counter() - started)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """A fixed-width table: rows are models, columns overall and per-silo AUC/log-loss."""
+    rows = [("federated (FedAvg)", metrics.get("federated")),
+            ("centralized oracle", metrics.get("oracle")),
+            ("each silo alone", metrics.get("silo_alone"))]
+    rows = [(name, m) for name, m in rows if m]
+    silos = sorted(metrics["federated"]["silos"])
+    head = f"{'model':<20} {'overall AUC':>11} {'log-loss':>9} | " + " ".join(
+        f"{s[:12]:>12}" for s in silos)
+    lines = [head, "-" * len(head)]
+    for name, m in rows:
+        overall = m["overall"]
+        cells = " ".join(f"{m['silos'].get(s, {}).get('auc', float('nan')):>12.3f}" for s in silos)
+        lines.append(f"{name:<20} {overall['auc']:>11.3f} {overall['log_loss']:>9.3f} | {cells}")
+    lines.append(f"{'':<42}   (per-silo columns: test AUC)")
+    return "\n".join(lines)
