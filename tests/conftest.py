@@ -1,0 +1,61 @@
+"""Shared fixtures: a small generated platform and its silos, built once per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedprofile.demo import build_silos
+from fedprofile.simulations.platform import PlatformConfig, generate_platform
+
+SMALL_PLATFORM = PlatformConfig(n_customers=3000, seed=11)
+FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-simulation",
+                        "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never read or write the developer's ~/.fedprofile or ~/.flwr from tests."""
+    home = tmp_path_factory.mktemp("fedprofile-home")
+    saved = {k: os.environ.get(k) for k in ("FEDPROFILE_HOME", "FLWR_HOME")}
+    os.environ["FEDPROFILE_HOME"] = str(home / "fedprofile")
+    os.environ["FLWR_HOME"] = str(home / "flwr")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("platform") / "platform"
+    generate_platform(SMALL_PLATFORM, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def silos_dir(platform_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("silos") / "silos"
+    build_silos(platform_dir, out, progress=lambda _m: None)
+    return out
+
+
+def flower_processes() -> list[str]:
+    """Live (non-zombie) Flower/Ray processes on this machine, as 'pid cmdline'."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            found.append(f"{proc.name} {cmdline[:200]}")
+    return found

@@ -1,0 +1,97 @@
+"""Federated training for real, on Flower's Simulation Engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedprofile.client.features import N_FEATURES
+from fedprofile.config import TrainConfig
+from fedprofile.models.propensity import build_model
+from fedprofile.server.local_superlink import CONNECTION_NAME, LocalSuperLink, flower_env
+from fedprofile.simulations.training import run_training
+
+from .conftest import flower_processes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _wait_no_flower_processes(timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := flower_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def test_three_silos_two_rounds_match_the_oracle(silos_dir: Path, tmp_path: Path) -> None:
+    assert not flower_processes(), "a Flower process was already running"
+    shown: list[str] = []
+    cfg = TrainConfig(num_server_rounds=2, silos_dir=str(silos_dir), workspace=str(tmp_path))
+    result = run_training(cfg, progress=shown.append)
+    metrics = result.metrics
+
+    federated = metrics["federated"]["overall"]["auc"]
+    oracle = metrics["oracle"]["overall"]["auc"]
+    assert federated > 0.65, f"federated AUC {federated:.3f} is not clearly above chance"
+    assert abs(federated - oracle) <= 0.03, f"federated {federated:.3f} vs oracle {oracle:.3f}"
+    silos = {"datapacks", "flights", "hotels"}
+    assert set(metrics["federated"]["silos"]) == silos
+    assert set(metrics["silo_alone"]["silos"]) == silos
+    assert set(metrics["oracle"]["silos"]) == silos
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert all(sorted(r["trained"]) == sorted(silos) for r in metrics["rounds"])
+    assert any("round 2: AUC" in line for line in shown), shown
+
+    run_dir = result.run_dir
+    for name in ("metrics.json", "model.pt", "config.json", "auc_by_round.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    saved = torch.load(run_dir / "model.pt", weights_only=False)
+    model = build_model(N_FEATURES, hidden=saved["hidden_units"])
+    model.load_state_dict(saved["state_dict"])
+    assert saved["config"]["num-server-rounds"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["silos-dir"] == str(silos_dir.resolve())
+
+    assert not _wait_no_flower_processes(), "processes left behind after the run"
+
+
+def test_flwr_run_dot_uses_the_project_app(silos_dir: Path, tmp_path: Path) -> None:
+    """`flwr run .` from the repository runs the same ServerApp/ClientApp."""
+    run_dir = tmp_path / "run"
+    with LocalSuperLink(tmp_path / "link") as link:
+        env = flower_env(link.flwr_home)
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "flwr"), "run", ".", CONNECTION_NAME, "--stream",
+             "--run-config", f"num-server-rounds=2 silo-alone=false silos-dir='{silos_dir}' "
+                             f"run-dir='{run_dir}'",
+             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["federated"]["silos"]) == {"datapacks", "flights", "hotels"}
+    assert metrics["federated"]["overall"]["auc"] > 0.6
+    assert metrics["silo_alone"] == {}
+    assert not _wait_no_flower_processes(), "processes left behind after the run"
+
+
+def test_mismatched_supernode_count_is_a_clear_error(silos_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with LocalSuperLink(tmp_path / "link") as link:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "flwr"), "run", ".", CONNECTION_NAME, "--stream",
+             "--run-config", f"num-server-rounds=1 round-timeout=60.0 silos-dir='{silos_dir}' "
+                             f"run-dir='{run_dir}'",
+             "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+            cwd=ROOT, env=flower_env(link.flwr_home), capture_output=True, text=True,
+            timeout=300,
+        )
+    output = proc.stdout + proc.stderr
+    assert "num-supernodes=3" in output, output[-3000:]
+    assert not (run_dir / "metrics.json").exists()
+    assert not _wait_no_flower_processes()
