@@ -114,7 +114,8 @@ def main(grid: Grid, context: Context) -> None:
         "feature_names": list(FEATURE_NAMES),
         "rounds": [
             {"round": r.round, "seconds": r.seconds, "trained": r.trained,
-             "train_loss": r.train_loss, "failures": r.failures, **r.evaluation}
+             "train_loss": r.train_loss, "samples_per_second": r.samples_per_second,
+             "failures": r.failures, **r.evaluation}
             for r in strategy.history
         ],
         "federated": strategy.history[-1].evaluation,

@@ -30,6 +30,7 @@ class RoundRecord:
     seconds: float = 0.0
     trained: list[str] = field(default_factory=list)
     train_loss: float | None = None
+    samples_per_second: float | None = None
     evaluation: dict[str, object] = field(default_factory=dict)
     failures: int = 0
 
@@ -57,6 +58,9 @@ class SiloFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])  # type: ignore[arg-type]
+        if metrics is not None and "samples-per-second" in metrics:
+            # example-weighted mean over silos of each silo's local training speed
+            record.samples_per_second = float(metrics["samples-per-second"])  # type: ignore[arg-type]
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]

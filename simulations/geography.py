@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, Mapping
 
-DestinationKind = Literal["domestic", "international"]
+from fedprofile.client.schema import AGE_BANDS  # one definition, shared with the silo schema
 
-AGE_BANDS: Final[tuple[str, ...]] = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
-"""Age bands exactly as every silo reports them."""
+DestinationKind = Literal["domestic", "international"]
 
 PACK_KINDS: Final[tuple[str, ...]] = (
     "daily-unlimited",

@@ -61,6 +61,8 @@ from typing import Callable, Final, Mapping, Sequence
 
 import numpy as np
 
+from fedprofile.client.schema import CUSTOMERS, ORDERS
+
 from . import geography as geo
 
 GENERATOR_VERSION: Final = "1.0.0"
@@ -72,12 +74,9 @@ SEGMENTS: Final[tuple[str, ...]] = (
     "domestic_leisure",
     "occasional",
 )
-CUSTOMER_COLUMNS: Final[tuple[str, ...]] = (
-    "customer_id", "phone", "email", "province", "city", "age_band", "signup_date", "marketing_opt_out",
-)
-ORDER_COLUMNS: Final[tuple[str, ...]] = (
-    "order_id", "customer_id", "order_time", "amount", "category", "product", "destination", "coupon_used",
-)
+# Silo files follow the one silo schema that ingestion validates against.
+CUSTOMER_COLUMNS: Final[tuple[str, ...]] = CUSTOMERS.column_names
+ORDER_COLUMNS: Final[tuple[str, ...]] = ORDERS.column_names
 ACCOUNT_COLUMNS: Final[tuple[str, ...]] = ("line", "customer_id", "person_id")
 ORDER_ID_PREFIX: Final[Mapping[str, str]] = {"flights": "F", "hotels": "H", "datapacks": "D"}
 

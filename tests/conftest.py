@@ -45,8 +45,14 @@ def silos_dir(platform_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def flower_processes() -> list[str]:
-    """Live (non-zombie) Flower/Ray processes on this machine, as 'pid cmdline'."""
+def flower_processes(under: Path) -> list[str]:
+    """Live (non-zombie) Flower/Ray processes whose FLWR_HOME lies under ``under``.
+
+    fedprofile gives each run a private FLWR_HOME that every descendant
+    inherits, so this finds exactly the processes a test's run started, and is
+    not fooled by other Flower processes on the machine.
+    """
+    root = str(Path(under).resolve())
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -54,8 +60,13 @@ def flower_processes() -> list[str]:
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if state != "Z" and any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+        if state == "Z" or not any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            continue
+        home = next((e[len(b"FLWR_HOME="):].decode(errors="replace") for e in environ
+                     if e.startswith(b"FLWR_HOME=")), "")
+        if home.startswith(root):
             found.append(f"{proc.name} {cmdline[:200]}")
     return found

@@ -89,3 +89,11 @@ def test_out_of_time_split(tmp_path: Path) -> None:
     assert data.test.as_of == date_to_epoch(dt.date(2024, 7, 2))
     with SiloStore.open(silo) as store, pytest.raises(ValueError, match="horizon_days"):
         load_silo_data(store, horizon_days=0)
+
+
+def test_generator_regions_are_in_the_shared_vocabulary() -> None:
+    """A province the generator uses but the schema lacks would silently become 'other'."""
+    from fedprofile.client.features import PROVINCES
+    from fedprofile.simulations import geography
+
+    assert {p.name for p in geography.PROVINCES} <= set(PROVINCES)

@@ -22,15 +22,14 @@ from .conftest import flower_processes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wait_no_flower_processes(timeout: float = 20.0) -> list[str]:
+def _wait_no_flower_processes(under: Path, timeout: float = 20.0) -> list[str]:
     deadline = time.monotonic() + timeout
-    while (left := flower_processes()) and time.monotonic() < deadline:
+    while (left := flower_processes(under)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 
 
 def test_three_silos_two_rounds_match_the_oracle(silos_dir: Path, tmp_path: Path) -> None:
-    assert not flower_processes(), "a Flower process was already running"
     shown: list[str] = []
     cfg = TrainConfig(num_server_rounds=2, silos_dir=str(silos_dir), workspace=str(tmp_path))
     result = run_training(cfg, progress=shown.append)
@@ -57,7 +56,7 @@ def test_three_silos_two_rounds_match_the_oracle(silos_dir: Path, tmp_path: Path
     assert saved["config"]["num-server-rounds"] == 2
     assert json.loads((run_dir / "config.json").read_text())["silos-dir"] == str(silos_dir.resolve())
 
-    assert not _wait_no_flower_processes(), "processes left behind after the run"
+    assert not _wait_no_flower_processes(tmp_path), "processes left behind after the run"
 
 
 def test_flwr_run_dot_uses_the_project_app(silos_dir: Path, tmp_path: Path) -> None:
@@ -77,7 +76,7 @@ def test_flwr_run_dot_uses_the_project_app(silos_dir: Path, tmp_path: Path) -> N
     assert set(metrics["federated"]["silos"]) == {"datapacks", "flights", "hotels"}
     assert metrics["federated"]["overall"]["auc"] > 0.6
     assert metrics["silo_alone"] == {}
-    assert not _wait_no_flower_processes(), "processes left behind after the run"
+    assert not _wait_no_flower_processes(tmp_path), "processes left behind after the run"
 
 
 def test_mismatched_supernode_count_is_a_clear_error(silos_dir: Path, tmp_path: Path) -> None:
@@ -94,4 +93,11 @@ def test_mismatched_supernode_count_is_a_clear_error(silos_dir: Path, tmp_path: 
     output = proc.stdout + proc.stderr
     assert "num-supernodes=3" in output, output[-3000:]
     assert not (run_dir / "metrics.json").exists()
-    assert not _wait_no_flower_processes()
+    assert not _wait_no_flower_processes(tmp_path)
+
+
+def test_process_check_sees_a_running_superlink(tmp_path: Path) -> None:
+    """The leftover-process check used above can fail: it sees a live SuperLink."""
+    with LocalSuperLink(tmp_path / "link"):
+        assert flower_processes(tmp_path)
+    assert not _wait_no_flower_processes(tmp_path)

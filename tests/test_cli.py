@@ -1,0 +1,135 @@
+"""Every CLI command runs as a user would run it, and failures are one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedprofile.cli import EXIT_INPUT, main
+
+from .conftest import flower_processes
+
+FEDPROFILE = [sys.executable, "-m", "fedprofile"]
+
+
+def run_cli(*args: str, env_home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FEDPROFILE_HOME": str(env_home)}
+    return subprocess.run([*FEDPROFILE, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    proc = run_cli("--help", env_home=tmp_path)
+    assert proc.returncode == 0
+    for command in ("demo", "generate", "silo", "train"):
+        assert command in proc.stdout
+    assert run_cli("--version", env_home=tmp_path).stdout.startswith("fedprofile ")
+
+
+def test_generate_ingest_info(tmp_path: Path) -> None:
+    out = tmp_path / "platform"
+    proc = run_cli("generate", "--out", str(out), "--customers", "300", "--seed", "3",
+                   env_home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ground truth" in proc.stdout
+    again = run_cli("generate", "--out", str(out), "--customers", "300", env_home=tmp_path)
+    assert again.returncode == EXIT_INPUT and "error" in again.stderr
+
+    silo = tmp_path / "silos" / "hotels"
+    src = out / "silos" / "hotels"
+    proc = run_cli("silo", "ingest", "--silo", str(silo), "--customers",
+                   str(src / "customers.csv"), "--orders", str(src / "orders.csv"),
+                   env_home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "customers added" in proc.stdout
+
+    info = run_cli("silo", "info", "--silo", str(silo), env_home=tmp_path)
+    assert info.returncode == 0, info.stderr
+    payload = json.loads(info.stdout)
+    assert payload["name"] == "hotels" and payload["orders"] > 0
+    assert payload["ingestions"][0]["source"] == "customers.csv;orders.csv"
+
+
+def test_ingest_bad_file_exit_code_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "orders.csv"
+    bad.write_text("order_id,customer_id\nX1,C1\n")
+    code = main(["silo", "ingest", "--silo", str(tmp_path / "s"), "--orders", str(bad)])
+    err = capsys.readouterr().err
+    assert code == EXIT_INPUT
+    assert "orders.csv:1: field 'order_time': missing column" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_train_missing_silos_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", "--silos-dir", str(tmp_path / "none")])
+    assert code == EXIT_INPUT
+    assert "no silos directory" in capsys.readouterr().err
+
+
+def test_train_bad_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--set", "learning-rate=-3"]) == EXIT_INPUT
+    assert "learning-rate must be a positive number" in capsys.readouterr().err
+
+
+def test_train_command(silos_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("train", "--silos-dir", str(silos_dir), "--rounds", "2",
+                   "--run-dir", str(tmp_path / "run"), "--set", "silo-alone=false",
+                   env_home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "round 2: AUC" in proc.stdout and "centralized oracle" in proc.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert not flower_processes(tmp_path)
+
+
+def test_demo_command(tmp_path: Path) -> None:
+    workspace = tmp_path / "demo"
+    proc = run_cli("demo", "--workspace", str(workspace), "--customers", "1500",
+                   "--rounds", "2", env_home=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for text in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "federated (FedAvg)",
+                 "centralized oracle", "each silo alone", "demo finished"):
+        assert text in proc.stdout, text
+    runs = list((workspace / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "auc_by_round.png").is_file()
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert {"federated", "oracle", "silo_alone", "rounds", "timing"} <= set(metrics)
+    # the demo refuses to rewrite a directory it did not create
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    refused = run_cli("demo", "--workspace", str(other), env_home=tmp_path)
+    assert refused.returncode == EXIT_INPUT and "not made by `fedprofile demo`" in refused.stderr
+    assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_ctrl_c_during_training_leaves_no_process(silos_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = {**os.environ, "FEDPROFILE_HOME": str(tmp_path)}
+    proc = subprocess.Popen([*FEDPROFILE, "train", "--silos-dir", str(silos_dir), "--rounds", "50",
+                             "--run-dir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # wait until training is really under way
+        seen.append(line)
+        if "round 1: AUC" in line or time.monotonic() > deadline:
+            break
+    assert any("round 1: AUC" in s for s in seen), "".join(seen)
+    assert flower_processes(tmp_path), "training should be running now"
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    deadline = time.monotonic() + 20
+    while flower_processes(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not flower_processes(tmp_path)
