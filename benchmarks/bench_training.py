@@ -92,7 +92,9 @@ def bench(n_silos: int, customers: int, rounds: int, work: Path) -> dict[str, fl
     data = load_all(silos, cfg)
     x = np.concatenate([d.train.x for d in data])
     y = np.concatenate([d.train.y for d in data])
-    stats = train_local(build_model(N_FEATURES), x, y, TrainParams(epochs=cfg.local_epochs))
+    params = TrainParams(epochs=cfg.local_epochs)
+    train_local(build_model(N_FEATURES), x[:4096], y[:4096], params)  # warm-up, not measured
+    stats = train_local(build_model(N_FEATURES), x, y, params)
     return {
         "silos": n_silos,
         "customers": float(len(y)),

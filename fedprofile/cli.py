@@ -117,6 +117,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_superlink_stop(args: argparse.Namespace) -> int:
+    from fedprofile.server.local_superlink import stop_managed_superlink
+
+    stopped = stop_managed_superlink(args.port)
+    if stopped:
+        _progress(f"stopped Flower's local SuperLink and the processes it started "
+                  f"(pids {', '.join(map(str, stopped))})")
+    else:
+        _progress("no Flower-managed local SuperLink is running"
+                  + (f" on port {args.port}" if args.port else ""))
+    return 0
+
+
 # -- parser ------------------------------------------------------------------
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="federated rounds (num-server-rounds)")
@@ -172,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    link = sub.add_parser("superlink", help="Flower's managed local SuperLink (used by `flwr run .`)")
+    link_sub = link.add_subparsers(dest="superlink_command", required=True)
+    p = link_sub.add_parser("stop", help="stop the local SuperLink `flwr run .` left running, "
+                            "and every process it started")
+    p.add_argument("--port", help="its port (default: $FLWR_LOCAL_SUPERLINK_HTTP_API_PORT "
+                   "or 39091, Flower's default)")
+    p.set_defaults(func=cmd_superlink_stop)
     return parser
 
 

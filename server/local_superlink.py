@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 
 from fedprofile import __version__
 from fedprofile.config import TrainConfig
+
+from .processes import managed_superlinks, terminate_tree
 
 CONNECTION_NAME = "fedprofile-local"
 _STARTUP_TIMEOUT = 60.0
@@ -168,22 +169,14 @@ class LocalSuperLink:
         raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT:.0f}s")
 
     def stop(self) -> None:
-        """SIGTERM the SuperLink's process group, then SIGKILL what is left."""
+        """Terminate the SuperLink and every process it started (see :mod:`.processes`)."""
         if self.process is None:
             return
-        pgid = self.process.pid
-        _signal_group(pgid, signal.SIGTERM)
+        terminate_tree(self.process.pid, timeout=_STOP_TIMEOUT)
         try:
             self.process.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
             pass
-        # Children (SuperExec, simulation, Ray) may outlive the leader briefly.
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        _signal_group(pgid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(timeout=_STOP_TIMEOUT)
         self.process = None
 
     def run(self, app_dir: Path, run_config: Mapping[str, Any], num_supernodes: int,
@@ -215,21 +208,6 @@ class LocalSuperLink:
             raise SimulationError(f"`flwr run` exited with code {code}; see {log_path}")
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def run_simulation(cfg: TrainConfig, num_silos: int, workdir: Path,
                    on_line: Callable[[str], None], cpus_per_client: int = 1) -> None:
     """Run one federated training on the Simulation Engine with ``num_silos`` SuperNodes."""
@@ -239,3 +217,17 @@ def run_simulation(cfg: TrainConfig, num_silos: int, workdir: Path,
     with LocalSuperLink(workdir / "superlink") as link:
         link.run(app_dir, cfg.to_mapping(), num_silos, on_line, workdir / "flower.log",
                  cpus_per_client=cpus_per_client)
+
+
+def stop_managed_superlink(port: str | None = None) -> list[int]:
+    """Stop Flower's managed local SuperLink, which ``flwr run .`` leaves running.
+
+    Flower 1.41 has no command for this. The port is Flower's own setting
+    (``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``, default 39091). Returns the pids
+    that were stopped.
+    """
+    port = port or os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")
+    stopped: list[int] = []
+    for info in managed_superlinks(port):
+        stopped.extend(terminate_tree(info.pid, timeout=_STOP_TIMEOUT))
+    return stopped

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -59,24 +61,43 @@ def test_three_silos_two_rounds_match_the_oracle(silos_dir: Path, tmp_path: Path
     assert not _wait_no_flower_processes(tmp_path), "processes left behind after the run"
 
 
-def test_flwr_run_dot_uses_the_project_app(silos_dir: Path, tmp_path: Path) -> None:
-    """`flwr run .` from the repository runs the same ServerApp/ClientApp."""
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def test_flwr_run_dot_then_superlink_stop(silos_dir: Path, tmp_path: Path) -> None:
+    """The README's path: `flwr run .` in the activated venv, on Flower's managed local
+    SuperLink, then `fedprofile superlink stop` leaves no process behind."""
     run_dir = tmp_path / "run"
-    with LocalSuperLink(tmp_path / "link") as link:
-        env = flower_env(link.flwr_home)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": _free_port(),
+           "FLWR_LOCAL_CONTROL_API_PORT": _free_port()}
+    try:
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "flwr"), "run", ".", CONNECTION_NAME, "--stream",
+            ["flwr", "run", ".", "--stream",
              "--run-config", f"num-server-rounds=2 silo-alone=false silos-dir='{silos_dir}' "
                              f"run-dir='{run_dir}'",
-             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1"],
+             "--federation-config", "num-supernodes=3"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Starting local SuperLink" in proc.stdout
+        assert flower_processes(tmp_path), "Flower keeps its managed SuperLink running"
+    finally:
+        stop = subprocess.run([str(bin_dir / "fedprofile"), "superlink", "stop"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert "stopped Flower's local SuperLink" in stop.stdout
+    assert not _wait_no_flower_processes(tmp_path), "processes left behind after the run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["federated"]["silos"]) == {"datapacks", "flights", "hotels"}
     assert metrics["federated"]["overall"]["auc"] > 0.6
     assert metrics["silo_alone"] == {}
-    assert not _wait_no_flower_processes(tmp_path), "processes left behind after the run"
 
 
 def test_mismatched_supernode_count_is_a_clear_error(silos_dir: Path, tmp_path: Path) -> None:
