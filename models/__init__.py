@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Models and their training and metrics, shared by silos, baselines and simulations."""

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_auc_by_round(metrics: dict[str, Any], path: Path) -> Path:
     """AUC per round for each silo and overall, against the oracle and silo-alone."""
     rounds = [r for r in metrics["rounds"] if r.get("overall")]
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=110)
     xs = [r["round"] for r in rounds]
     silos = sorted({s for r in rounds for s in r["silos"]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -37,7 +37,7 @@ def plot_auc_by_round(metrics: dict[str, Any], path: Path) -> Path:
     ax.set_title("Purchase propensity: federated vs centralized vs silo-alone")
     ax.set_xticks(xs)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -91,18 +91,22 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """A fixed-width table: rows are models, columns overall and per-silo AUC/log-loss."""
+    """Rows are models; columns are overall and per-silo test AUC / log-loss."""
     rows = [("federated (FedAvg)", metrics.get("federated")),
             ("centralized oracle", metrics.get("oracle")),
             ("each silo alone", metrics.get("silo_alone"))]
     rows = [(name, m) for name, m in rows if m]
     silos = sorted(metrics["federated"]["silos"])
-    head = f"{'model':<20} {'overall AUC':>11} {'log-loss':>9} | " + " ".join(
-        f"{s[:12]:>12}" for s in silos)
+
+    def cell(values: dict[str, float] | None) -> str:
+        if not values:
+            return f"{'-':>15}"
+        return f"{values['auc']:>7.3f} /{values['log_loss']:>6.3f}"
+
+    head = f"{'model':<20} {'overall':>15} | " + " ".join(f"{s[:15]:>15}" for s in silos)
     lines = [head, "-" * len(head)]
     for name, m in rows:
-        overall = m["overall"]
-        cells = " ".join(f"{m['silos'].get(s, {}).get('auc', float('nan')):>12.3f}" for s in silos)
-        lines.append(f"{name:<20} {overall['auc']:>11.3f} {overall['log_loss']:>9.3f} | {cells}")
-    lines.append(f"{'':<42}   (per-silo columns: test AUC)")
+        cells = " ".join(cell(m["silos"].get(s)) for s in silos)
+        lines.append(f"{name:<20} {cell(m['overall'])} | {cells}")
+    lines.append("(each cell: test AUC / log-loss, out-of-time)")
     return "\n".join(lines)
