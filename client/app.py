@@ -26,7 +26,7 @@ from fedprofile.models.training import TrainParams, predict_proba, train_local
 
 from .features import N_FEATURES, SiloData, load_silo_data
 from .silos import list_silos
-from .store import SiloStore
+from .store import STORE_FILENAME, SiloStore
 
 app = ClientApp()
 
@@ -50,11 +50,13 @@ def resolve_silo_dir(context: Context) -> Path:
     raise ConfigError("this SuperNode has no silo: start it with --node-config \"silo-dir='...'\"")
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_data(silo_dir: str, mtime_ns: int, horizon_days: int, as_of: str) -> SiloData:
+@functools.lru_cache(maxsize=16)
+def _cached_data(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days: int,
+                 as_of: str) -> SiloData:
     # Keyed by the store's modification time so a re-ingested silo is re-read,
-    # while repeated rounds in one process reuse the features.
-    del mtime_ns
+    # while repeated rounds in one process reuse the features. In simulation one
+    # Ray worker serves several virtual nodes, hence room for several silos.
+    del stamp
     with SiloStore.open(Path(silo_dir)) as store:
         return load_silo_data(store, horizon_days=horizon_days, as_of=as_of)
 
@@ -63,8 +65,12 @@ def silo_data(context: Context, horizon_days: int, as_of: str) -> SiloData:
     silo_dir = resolve_silo_dir(context)
     store = SiloStore.open(silo_dir)  # checks it exists and is a store
     store.close()
-    mtime = (silo_dir / "store.sqlite").stat().st_mtime_ns
-    data = _cached_data(str(silo_dir), mtime, horizon_days, as_of)
+    # The store's files' times and sizes (the WAL too: a write may sit there
+    # until a checkpoint) tell whether the cached features are still current.
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size)
+                  for p in (silo_dir / STORE_FILENAME, silo_dir / f"{STORE_FILENAME}-wal")
+                  if p.exists())
+    data = _cached_data(str(silo_dir), stamp, horizon_days, as_of)
     if len(data.train) == 0 or len(data.test) == 0:
         raise ValueError(f"silo {data.name} has no customers to train or test on "
                          f"(train {len(data.train)}, test {len(data.test)})")
