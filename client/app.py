@@ -15,7 +15,9 @@ import functools
 from logging import INFO
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
+                      RecordDict)
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -24,6 +26,11 @@ from fedprofile.models.metrics import BinaryEvaluation
 from fedprofile.models.propensity import build_model
 from fedprofile.models.training import TrainParams, predict_proba, train_local
 
+from fedprofile.privacy.keys import Secret
+from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
+from fedprofile.privacy.silo_keys import read_identity_key
+
+from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
 from .silos import list_silos
 from .store import STORE_FILENAME, SiloStore
@@ -160,3 +167,100 @@ def silo_alone(msg: Message, context: Context) -> Message:
         {"metrics": evaluation_record(evaluation), "silo": ConfigRecord({"name": data.name})}
     )
     return Message(content=content, reply_to=msg)
+
+
+# ---------------------------------------------------------------------------
+# Private set intersection (see fedprofile.privacy.psi for the protocol)
+# ---------------------------------------------------------------------------
+def to_array(values: list[bytes]) -> Array:
+    """Blinded 32-byte values as one uint8 array: compact on the wire, order kept."""
+    flat = np.frombuffer(b"".join(values), dtype=np.uint8)
+    return Array(flat.reshape(-1, ELEMENT_SIZE).copy())
+
+
+def from_array(array: Array) -> list[bytes]:
+    data = array.numpy()
+    if data.ndim != 2 or data.shape[1] != ELEMENT_SIZE or data.dtype != np.uint8:
+        raise ValueError(f"expected blinded values as uint8[n, {ELEMENT_SIZE}], got "
+                         f"{data.dtype}{list(data.shape)}")
+    return [row.tobytes() for row in data]
+
+
+def silo_secret(context: Context) -> Secret:
+    """The silo's secret: node config ``key-file``, else run config (simulation), else env."""
+    for source in (context.node_config, context.run_config):
+        value = source.get("key-file")
+        if value:
+            return Secret.from_key_file(Path(str(value)).expanduser())
+    return Secret.from_env()
+
+
+def _psi_context(config: ConfigRecord) -> bytes:
+    return f"{config['key-domain']}|v{config['key-version']}|{config['session']}".encode()
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Which silo this node serves and which key domain/version its pseudonyms use."""
+    with SiloStore.open(resolve_silo_dir(context)) as store:
+        meta = store.meta()
+    record = ConfigRecord({"name": meta["name"], "key-domain": meta.get("key_domain", ""),
+                           "key-version": int(meta.get("key_version", 0))})
+    return Message(content=RecordDict({"silo": record}), reply_to=msg)
+
+
+@app.query("psi_request")
+def psi_request(msg: Message, context: Context) -> Message:
+    """Receiver, step 1: blind our selected elements; keep the session in node state.
+
+    The session scalar and element order are kept only in this SuperNode's own
+    context state (never sent), because the finishing message may be handled
+    by another worker process.
+    """
+    config = msg.content["config"]
+    with SiloStore.open(resolve_silo_dir(context)) as store:
+        elements = psi_elements(store, str(config["selection"]))
+    receiver = PsiReceiver(elements, _psi_context(config),
+                           cardinality_only=config["mode"] == "cardinality")
+    blinded = receiver.request()
+    context.state[f"psi-{config['session']}"] = ConfigRecord(receiver.suspend())
+    return Message(content=RecordDict({"blinded": ArrayRecord({"a": to_array(blinded)})}),
+                   reply_to=msg)
+
+
+@app.query("psi_respond")
+def psi_respond(msg: Message, context: Context) -> Message:
+    """Sender, step 2: blind our elements and re-blind the receiver's; learn only |X|."""
+    config = msg.content["config"]
+    with SiloStore.open(resolve_silo_dir(context)) as store:
+        elements = psi_elements(store, str(config["selection"]))
+    sender = PsiSender(elements, _psi_context(config))
+    b, ab = sender.respond(from_array(msg.content["blinded"]["a"]),
+                           cardinality_only=config["mode"] == "cardinality")
+    content = RecordDict({"blinded": ArrayRecord({"b": to_array(b), "ab": to_array(ab)})})
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("psi_finish")
+def psi_finish(msg: Message, context: Context) -> Message:
+    """Receiver, step 3: match, and keep the result in the silo (sealed)."""
+    config = msg.content["config"]
+    state_key = f"psi-{config['session']}"
+    if state_key not in context.state:
+        raise ValueError(f"no PSI session {config['session']} on this node")
+    receiver = PsiReceiver.resume(context.state[state_key], _psi_context(config))
+    del context.state[state_key]
+    blinded = msg.content["blinded"]
+    result = receiver.finish(from_array(blinded["b"]), from_array(blinded["ab"]))
+    silo_dir = resolve_silo_dir(context)
+    with SiloStore.open(silo_dir) as store:
+        opted_out, no_phone = audience_counts(store)
+        members = (cross_sell_audience(store, result.intersection)
+                   if result.intersection is not None else [])
+    summary = {"selected": result.receiver_size, "matched_elsewhere": result.cardinality,
+               "opted_out": opted_out, "no_phone": no_phone}
+    saved = save_audience(silo_dir, str(config["audience"]), str(config["session"]), members,
+                          read_identity_key(silo_dir, silo_secret(context)), summary)
+    log(INFO, "silo %s: PSI done, audience %s saved (sealed)", silo_dir.name, saved.name)
+    # Only an acknowledgement goes back: the server learns set sizes, never the overlap.
+    return Message(content=RecordDict({"status": ConfigRecord({"done": True})}), reply_to=msg)

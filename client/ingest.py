@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedprofile.privacy.pseudonyms import IdentifierReport, pseudonymize_values
+from fedprofile.privacy.silo_keys import SiloKeys
+
 from .schema import CUSTOMERS, MAX_AMOUNT, MAX_TEXT_LENGTH, ORDERS, Column, Kind, Table
-from .store import SiloStore, datetime_to_epoch
+from .store import CUSTOMER_COLUMNS, ORDER_COLUMNS, SiloStore, datetime_to_epoch
 
 MAX_REPORTED_ERRORS = 20
 """How many problems an error message lists; the total count is always given."""
@@ -73,6 +76,10 @@ class IngestReport:
     customers_updated: int = 0
     orders_added: int = 0
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)
+    identifiers: list[IdentifierReport] = field(default_factory=list)
+    key_domain: str = ""
+    key_version: int = 0
+    raw_ids_kept: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -313,13 +320,62 @@ def _validate(raw: _RawTable, table: Table) -> tuple[list[tuple[Any, ...]], list
 # ---------------------------------------------------------------------------
 # Ingesting
 # ---------------------------------------------------------------------------
+def _check_store_keys(store: SiloStore, keys: SiloKeys) -> list[Problem]:
+    """A silo's pseudonyms must all come from one key domain and version."""
+    meta = store.meta()
+    where = str(store.path)
+    if meta.get("key_domain") != keys.domain:
+        return [Problem(where, None, None, f"this silo belongs to key domain "
+                        f"{meta.get('key_domain')!r}, not {keys.domain!r}")]
+    if int(meta.get("key_version", 0)) != keys.version:
+        return [Problem(where, None, None, f"this silo's pseudonyms use key version "
+                        f"{meta.get('key_version')}, the keyring's active version is "
+                        f"{keys.version}: run `fedprofile silo rekey` first")]
+    if meta.get("raw_ids") != ("sealed" if keys.keeps_raw_ids else "none"):
+        return [Problem(where, None, None, f"this silo's raw-identifier policy is "
+                        f"{meta.get('raw_ids')!r}; ingest with the same policy")]
+    return []
+
+
+def _pseudonymize_customers(rows: list[tuple[Any, ...]], lines: list[int], source: _RawTable,
+                            keys: SiloKeys, report: IngestReport
+                            ) -> tuple[list[tuple[Any, ...]], list[tuple[str, bytes]], list[Problem]]:
+    """Input customer rows -> stored rows (pseudonyms only) and sealed identities."""
+    pn = keys.pseudonymizer
+    accounts, account_report = pseudonymize_values([r[0] for r in rows], "account", pn)
+    phones, phone_report = pseudonymize_values([r[1] for r in rows], "phone", pn)
+    emails, email_report = pseudonymize_values([r[2] for r in rows], "email", pn)
+    problems = [Problem(source.path, line, "customer_id", "not a usable account identifier",
+                        source.unit)
+                for key, line in zip(accounts, lines, strict=True) if key is None]
+    # Phones and e-mails are optional: an unusable one is dropped (no pseudonym,
+    # never a shared one) and counted in the report, not a reason to reject.
+    report.identifiers = [account_report, phone_report, email_report]
+    stored, identities = [], []
+    for row, key, phone, email in zip(rows, accounts, phones, emails, strict=True):
+        if key is None:
+            continue
+        stored.append((key, phone, email, *row[3:], keys.version))
+        if keys.keeps_raw_ids:
+            identities.append((key, keys.seal_identity(
+                key, {"customer_id": row[0], "phone": row[1], "email": row[2]})))
+    return stored, identities, problems
+
+
 def ingest(
     silo_dir: Path,
     customers: Path | None = None,
     orders: Path | None = None,
     silo_name: str | None = None,
+    *,
+    keys: SiloKeys,
 ) -> IngestReport:
     """Load a customers file and/or an orders file into the silo at ``silo_dir``.
+
+    Raw identifiers never reach the store in clear: customers are keyed by the
+    pseudonym of their account id, phone and e-mail are stored as pseudonyms,
+    and the raw values are sealed with the silo's identity key (or dropped, if
+    ``keys`` keeps none).
 
     All-or-nothing: every problem in every file is collected first; if there is
     any, :class:`IngestError` is raised and the store is not modified. Customers
@@ -328,12 +384,15 @@ def ingest(
     """
     if customers is None and orders is None:
         raise ValueError("nothing to ingest: give a customers file, an orders file or both")
-    report = IngestReport(silo_dir=Path(silo_dir))
+    report = IngestReport(silo_dir=Path(silo_dir), key_domain=keys.domain,
+                          key_version=keys.version, raw_ids_kept=keys.keeps_raw_ids)
     problems: list[Problem] = []
     cust_rows: list[tuple[Any, ...]] = []
+    cust_lines: list[int] = []
     order_rows: list[tuple[Any, ...]] = []
     order_lines: list[int] = []
     sources: list[_RawTable] = []
+    cust_src: _RawTable | None = None
     order_src: _RawTable | None = None
 
     for path, table in ((customers, CUSTOMERS), (orders, ORDERS)):
@@ -351,55 +410,81 @@ def ingest(
         rows, found, lines = _validate(raw, table)
         problems.extend(found)
         if table is CUSTOMERS:
-            cust_rows = rows
+            cust_rows, cust_lines, cust_src = rows, lines, raw
         else:
             order_rows, order_lines, order_src = rows, lines, raw
+    if problems:
+        raise IngestError(problems)
+
+    stored_customers: list[tuple[Any, ...]] = []
+    identities: list[tuple[str, bytes]] = []
+    if cust_rows and cust_src is not None:
+        stored_customers, identities, found = _pseudonymize_customers(
+            cust_rows, cust_lines, cust_src, keys, report)
+        problems.extend(found)
+    # Orders name customers by their raw account id; map it to the same pseudonym.
+    order_ids = sorted({r[1] for r in order_rows})
+    order_keys, _ = pseudonymize_values(order_ids, "account", keys.pseudonymizer)
+    key_of = dict(zip(order_ids, order_keys, strict=True))
+    stored_orders = [(r[0], key_of[r[1]], *r[2:]) for r in order_rows]
     if problems:
         raise IngestError(problems)
 
     existing_store = (Path(silo_dir) / "store.sqlite").is_file()
     store = SiloStore.open(silo_dir) if existing_store else None
     try:
+        if store is not None:
+            problems.extend(_check_store_keys(store, keys))
+            if problems:
+                raise IngestError(problems)
         # Cross-file and cross-store checks, still before any write.
-        new_customers = {r[0] for r in cust_rows}
-        if order_rows and order_src is not None:
-            ids = [r[0] for r in order_rows]
-            already = store.existing_keys(ORDERS, ids) if store else set()
-            cids = sorted({r[1] for r in order_rows} - new_customers)
-            known = store.existing_keys(CUSTOMERS, cids) if store else set()
-            for row, line in zip(order_rows, order_lines, strict=True):
+        new_customers = {r[0] for r in stored_customers}
+        if stored_orders and order_src is not None:
+            ids = [r[0] for r in stored_orders]
+            already = store.existing_keys("orders", ids) if store else set()
+            unknown = sorted({r[1] for r in stored_orders if r[1] is not None} - new_customers)
+            known = store.existing_keys("customers", unknown) if store else set()
+            for row, raw_row, line in zip(stored_orders, order_rows, order_lines, strict=True):
                 if row[0] in already:
                     problems.append(Problem(order_src.path, line, "order_id",
                                             f"duplicate order_id {_show(row[0])} "
                                             "(already in the silo store)", order_src.unit))
-                if row[1] not in new_customers and row[1] not in known:
+                if row[1] is None or (row[1] not in new_customers and row[1] not in known):
                     problems.append(Problem(order_src.path, line, "customer_id",
-                                            f"unknown customer {_show(row[1])} "
+                                            f"unknown customer {_show(raw_row[1])} "
                                             "(not in the customers file nor the store)",
                                             order_src.unit))
         if problems:
             raise IngestError(problems)
-        updated = store.existing_keys(CUSTOMERS, sorted(new_customers)) if store else set()
+        updated = store.existing_keys("customers", sorted(new_customers)) if store else set()
     finally:
         if store is not None:
             store.close()
 
-    with SiloStore.create(silo_dir, name=silo_name) as store:
-        cols = ", ".join(CUSTOMERS.column_names)
-        marks = ", ".join("?" * len(CUSTOMERS.columns))
+    keys.persist()
+    meta = {"key_domain": keys.domain, "key_version": str(keys.version),
+            "raw_ids": "sealed" if keys.keeps_raw_ids else "none"}
+    with SiloStore.create(silo_dir, name=silo_name, meta=meta) as store:
+        cols = ", ".join(CUSTOMER_COLUMNS)
+        marks = ", ".join("?" * len(CUSTOMER_COLUMNS))
         with store.transaction() as conn:
             conn.executemany(
                 f"INSERT INTO customers ({cols}) VALUES ({marks}) "
-                f"ON CONFLICT(customer_id) DO UPDATE SET "
-                + ", ".join(f"{c}=excluded.{c}" for c in CUSTOMERS.column_names[1:]),
-                cust_rows,
+                f"ON CONFLICT(customer_key) DO UPDATE SET "
+                + ", ".join(f"{c}=excluded.{c}" for c in CUSTOMER_COLUMNS[1:]),
+                stored_customers,
             )
-            ocols = ", ".join(ORDERS.column_names)
-            omarks = ", ".join("?" * len(ORDERS.columns))
-            conn.executemany(f"INSERT INTO orders ({ocols}) VALUES ({omarks})", order_rows)
-            report.customers_added = len(cust_rows) - len(updated)
+            conn.executemany(
+                "INSERT INTO identities (customer_key, sealed) VALUES (?, ?) "
+                "ON CONFLICT(customer_key) DO UPDATE SET sealed=excluded.sealed",
+                identities,
+            )
+            ocols = ", ".join(ORDER_COLUMNS)
+            omarks = ", ".join("?" * len(ORDER_COLUMNS))
+            conn.executemany(f"INSERT INTO orders ({ocols}) VALUES ({omarks})", stored_orders)
+            report.customers_added = len(stored_customers) - len(updated)
             report.customers_updated = len(updated)
-            report.orders_added = len(order_rows)
+            report.orders_added = len(stored_orders)
             conn.execute(
                 "INSERT INTO ingestions (at, source, sha256, customers_added, "
                 "customers_updated, orders_added) VALUES (?, ?, ?, ?, ?, ?)",

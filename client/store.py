@@ -18,41 +18,45 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import CUSTOMERS, ORDERS, Kind, Table
 
 STORE_FILENAME = "store.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_SQL_TYPES = {
-    Kind.TEXT: "TEXT",
-    Kind.DATE: "TEXT",  # ISO date: sorts and compares correctly as text
-    Kind.DATETIME: "INTEGER",  # seconds since the Unix epoch, naive = local time
-    Kind.AMOUNT: "REAL",
-    Kind.BOOL: "INTEGER",
-}
-
-
-class StoreError(RuntimeError):
-    """The silo store is missing, unreadable or of an unknown schema version."""
-
-
-def _ddl(table: Table) -> str:
-    cols = []
-    for col in table.columns:
-        decl = f"{col.name} {_SQL_TYPES[col.kind]}"
-        if col.name == table.key:
-            decl += " PRIMARY KEY"
-        elif col.required:
-            decl += " NOT NULL"
-        cols.append(decl)
-    return f"CREATE TABLE IF NOT EXISTS {table.name} ({', '.join(cols)})"
-
-
+# What a silo stores is not what it ingests: raw identifiers are replaced by
+# keyed pseudonyms at ingestion (see fedprofile.privacy.pseudonyms). Customers
+# are keyed by the pseudonym of the line's own account id; phone and e-mail are
+# kept only as pseudonyms, which is what links a person across lines in one key
+# domain. The raw values, if the silo keeps them at all, sit sealed (AES-GCM) in
+# ``identities``, readable only with the silo's secret.
 _SCHEMA_SQL = (
     "CREATE TABLE IF NOT EXISTS silo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    _ddl(CUSTOMERS),
-    _ddl(ORDERS),
-    "CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, order_time)",
+    """CREATE TABLE IF NOT EXISTS customers (
+        customer_key TEXT PRIMARY KEY,
+        phone_pn TEXT,
+        email_pn TEXT,
+        province TEXT NOT NULL,
+        city TEXT NOT NULL,
+        age_band TEXT NOT NULL,
+        signup_date TEXT NOT NULL,
+        marketing_opt_out INTEGER NOT NULL,
+        key_version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS orders (
+        order_id TEXT PRIMARY KEY,
+        customer_key TEXT NOT NULL REFERENCES customers (customer_key),
+        order_time INTEGER NOT NULL,
+        amount REAL NOT NULL,
+        category TEXT NOT NULL,
+        product TEXT NOT NULL,
+        destination TEXT,
+        coupon_used INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_key, order_time)",
+    "CREATE INDEX IF NOT EXISTS customers_by_phone ON customers (phone_pn)",
+    """CREATE TABLE IF NOT EXISTS identities (
+        customer_key TEXT PRIMARY KEY REFERENCES customers (customer_key),
+        sealed BLOB NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS ingestions (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         at TEXT NOT NULL,
@@ -63,6 +67,20 @@ _SCHEMA_SQL = (
         orders_added INTEGER NOT NULL
     )""",
 )
+
+CUSTOMER_COLUMNS: tuple[str, ...] = (
+    "customer_key", "phone_pn", "email_pn", "province", "city", "age_band", "signup_date",
+    "marketing_opt_out", "key_version",
+)
+ORDER_COLUMNS: tuple[str, ...] = (
+    "order_id", "customer_key", "order_time", "amount", "category", "product", "destination",
+    "coupon_used",
+)
+STORED_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "customers": ("customer_key", CUSTOMER_COLUMNS),
+    "orders": ("order_id", ORDER_COLUMNS),
+    "identities": ("customer_key", ("customer_key", "sealed")),
+}
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,9 @@ class OrderArrays:
 
 @dataclass(frozen=True)
 class CustomerArrays:
-    """A silo's customers as columns, sorted by customer_id."""
+    """A silo's customers as columns, sorted by customer key (a pseudonym)."""
 
-    customer_ids: np.ndarray  # object (str)
+    customer_ids: np.ndarray  # object (str): pseudonymous customer keys
     province: np.ndarray  # object (str)
     city: np.ndarray  # object (str)
     age_band: np.ndarray  # object (str)
@@ -118,8 +136,13 @@ class SiloStore:
 
     # -- lifecycle ---------------------------------------------------------
     @classmethod
-    def create(cls, silo_dir: Path, name: str | None = None) -> SiloStore:
-        """Create (or open, if it exists) the store in ``silo_dir``."""
+    def create(cls, silo_dir: Path, name: str | None = None,
+               meta: dict[str, str] | None = None) -> SiloStore:
+        """Create (or open, if it exists) the store in ``silo_dir``.
+
+        ``meta`` (key domain, key version, raw-id policy) is recorded when the
+        store is created and left as it is when it already exists.
+        """
         silo_dir = Path(silo_dir)
         silo_dir.mkdir(parents=True, exist_ok=True)
         conn = cls._connect(silo_dir / STORE_FILENAME)
@@ -134,6 +157,8 @@ class SiloStore:
                 "INSERT OR IGNORE INTO silo_meta VALUES ('name', ?)",
                 (name or silo_dir.name,),
             )
+            for key, value in (meta or {}).items():
+                conn.execute("INSERT OR IGNORE INTO silo_meta VALUES (?, ?)", (key, value))
         store = cls(silo_dir, conn)
         store._check_version()
         return store
@@ -189,8 +214,16 @@ class SiloStore:
 
     @property
     def name(self) -> str:
-        row = self._conn.execute("SELECT value FROM silo_meta WHERE key='name'").fetchone()
-        return str(row[0])
+        return self.meta()["name"]
+
+    def meta(self) -> dict[str, str]:
+        """The silo's metadata: name, schema version, key domain and version, raw-id policy."""
+        return dict(self._conn.execute("SELECT key, value FROM silo_meta").fetchall())
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        """Update one metadata value inside a :meth:`transaction`."""
+        conn.execute("INSERT INTO silo_meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                     "SET value=excluded.value", (key, value))
 
     # -- writing -----------------------------------------------------------
     @contextmanager
@@ -212,17 +245,18 @@ class SiloStore:
     def counts(self) -> dict[str, int]:
         return {
             t: int(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
-            for t in ("customers", "orders", "ingestions")
+            for t in ("customers", "orders", "identities", "ingestions")
         }
 
-    def existing_keys(self, table: Table, keys: Sequence[str]) -> set[str]:
-        """Which of ``keys`` are already in ``table`` (checked in chunks)."""
+    def existing_keys(self, table: str, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` are already primary keys of ``table`` (checked in chunks)."""
+        key_column = STORED_TABLES[table][0]
         found: set[str] = set()
         for start in range(0, len(keys), 500):
             chunk = list(keys[start : start + 500])
             marks = ",".join("?" * len(chunk))
             rows = self._conn.execute(
-                f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN ({marks})",
+                f"SELECT {key_column} FROM {table} WHERE {key_column} IN ({marks})",
                 chunk,
             )
             found.update(r[0] for r in rows)
@@ -235,8 +269,8 @@ class SiloStore:
 
     def customer_arrays(self) -> CustomerArrays:
         rows = self._conn.execute(
-            "SELECT customer_id, province, city, age_band, signup_date, marketing_opt_out "
-            "FROM customers ORDER BY customer_id"
+            "SELECT customer_key, province, city, age_band, signup_date, marketing_opt_out "
+            "FROM customers ORDER BY customer_key"
         ).fetchall()
         cols = list(zip(*rows, strict=True)) if rows else [()] * 6
         signup = np.array(
@@ -253,8 +287,8 @@ class SiloStore:
 
     def order_arrays(self, customers: CustomerArrays) -> OrderArrays:
         rows = self._conn.execute(
-            "SELECT customer_id, order_time, amount, category, coupon_used FROM orders "
-            "ORDER BY customer_id, order_time"
+            "SELECT customer_key, order_time, amount, category, coupon_used FROM orders "
+            "ORDER BY customer_key, order_time"
         ).fetchall()
         if not rows:
             empty_i = np.zeros(0, dtype=np.int64)
@@ -270,7 +304,12 @@ class SiloStore:
             coupon_used=np.array(coupon, dtype=bool),
         )
 
-    def iter_rows(self, table: Table) -> Iterable[tuple[object, ...]]:
+    def iter_rows(self, table: str) -> Iterable[tuple[object, ...]]:
+        key_column, columns = STORED_TABLES[table]
         return self._conn.execute(
-            f"SELECT {', '.join(table.column_names)} FROM {table.name} ORDER BY {table.key}"
+            f"SELECT {', '.join(columns)} FROM {table} ORDER BY {key_column}"
         )
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        """A read query on the store (for modules that aggregate locally)."""
+        return self._conn.execute(sql, params)

@@ -66,15 +66,106 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(args: argparse.Namespace):  # -> Secret
+    """The keyring secret: --key-file, else the environment, else a passphrase prompt."""
+    import getpass
+
+    from fedprofile.privacy.keys import KeyringError, Secret
+
+    if getattr(args, "key_file", None):
+        return Secret.from_key_file(Path(args.key_file))
+    try:
+        return Secret.from_env()
+    except KeyringError:
+        if sys.stdin.isatty():
+            return Secret.from_passphrase(getpass.getpass("keyring passphrase: "))
+        raise
+
+
+def _keyring_path(args: argparse.Namespace) -> Path:
+    import os
+
+    value = args.keyring or os.environ.get("FEDPROFILE_KEYRING")
+    if not value:
+        raise ConfigError("no keyring: pass --keyring PATH or set FEDPROFILE_KEYRING")
+    return Path(value).expanduser()
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.keys import generate_key_file
+
+    path = generate_key_file(Path(args.path))
+    _progress(f"key file written to {path} (mode 0600); keep it on this silo's machine only")
+    return 0
+
+
+def cmd_key_init(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.keys import Keyring
+
+    keyring = Keyring.create(_keyring_path(args), args.domain, _secret(args))
+    _progress(f"keyring for key domain {keyring.domain!r} created at {keyring.path} "
+              f"(version {keyring.active_version}, fingerprint {keyring.fingerprint()})")
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.keys import Keyring
+
+    secret = _secret(args)
+    keyring = Keyring.open(_keyring_path(args), secret)
+    version = keyring.rotate(secret)
+    _progress(f"key domain {keyring.domain!r}: version {version} is active, older versions "
+              "are retired; re-key every silo of the domain with `fedprofile silo rekey`")
+    return 0
+
+
+def cmd_key_info(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.keys import Keyring
+
+    keyring = Keyring.open(_keyring_path(args), _secret(args))
+    info = {"domain": keyring.domain, "path": str(keyring.path),
+            "active_version": keyring.active_version,
+            "versions": [{"version": v.version, "status": v.status, "created": v.created,
+                          "retired": v.retired,
+                          "fingerprint": keyring.fingerprint(v.version)
+                          if v.status == "active" else None}
+                         for v in keyring.versions]}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def cmd_silo_ingest(args: argparse.Namespace) -> int:
     from fedprofile.client.ingest import ingest
+    from fedprofile.privacy.silo_keys import load_silo_keys
 
+    keys = load_silo_keys(_keyring_path(args), _secret(args), Path(args.silo),
+                          keep_raw_ids=not args.drop_raw_ids)
     report = ingest(Path(args.silo), customers=args.customers, orders=args.orders,
-                    silo_name=args.name)
+                    silo_name=args.name, keys=keys)
     _progress(f"silo {args.silo}: {report.customers_added:,} customers added, "
-              f"{report.customers_updated:,} updated, {report.orders_added:,} orders added")
+              f"{report.customers_updated:,} updated, {report.orders_added:,} orders added; "
+              f"identifiers pseudonymised with key domain {report.key_domain!r} "
+              f"v{report.key_version}; raw identifiers "
+              + ("sealed in the silo store" if report.raw_ids_kept else "not kept"))
+    for identifiers in report.identifiers:
+        if identifiers.invalid:
+            _progress(f"  note: {identifiers}")
     for path, cols in report.ignored_columns.items():
         _progress(f"  note: {path}: columns not in the schema were not stored: {', '.join(cols)}")
+    return 0
+
+
+def cmd_silo_rekey(args: argparse.Namespace) -> int:
+    from fedprofile.client.rekey import rekey
+    from fedprofile.privacy.silo_keys import load_silo_keys
+
+    keys = load_silo_keys(_keyring_path(args), _secret(args), Path(args.silo))
+    report = rekey(Path(args.silo), keys)
+    if report.from_version == report.to_version:
+        _progress(f"silo {args.silo} already uses key version {report.to_version}")
+    else:
+        _progress(f"silo {args.silo}: {report.customers:,} customers re-keyed from version "
+                  f"{report.from_version} to {report.to_version}")
     return 0
 
 
@@ -82,7 +173,7 @@ def cmd_silo_info(args: argparse.Namespace) -> int:
     from fedprofile.client.store import SiloStore
 
     with SiloStore.open(Path(args.silo)) as store:
-        info = {"name": store.name, "path": str(store.path), **store.counts(),
+        info = {**store.meta(), "path": str(store.path), **store.counts(),
                 "ingestions": store.ingestions()}
     print(json.dumps(info, indent=2))
     return 0
@@ -95,6 +186,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_training(cfg, progress=_progress, oracle=not args.no_oracle)
     _progress(summary_table(result.metrics))
     _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_psi(args: argparse.Namespace) -> int:
+    import os
+
+    from fedprofile.simulations.psi_run import run_psi_job
+
+    values: dict[str, object] = dict(_parse_settings(args.set or []))
+    for name in ("workspace", "silos_dir", "run_dir"):
+        if getattr(args, name, None):
+            values[name.replace("_", "-")] = str(getattr(args, name))
+    values.update({"psi-receiver": args.receiver, "psi-sender": args.sender,
+                   "psi-selection": args.selection, "psi-audience": args.audience,
+                   "psi-mode": "cardinality" if args.cardinality else "intersection",
+                   "min-silos": 2})
+    key_file = args.key_file or os.environ.get("FEDPROFILE_KEY_FILE", "")
+    if not key_file:
+        raise ConfigError("the receiving silo seals its result: pass --key-file (or set "
+                          "FEDPROFILE_KEY_FILE) with the silos' key file")
+    values["key-file"] = str(Path(key_file).expanduser().resolve())
+    result = run_psi_job(TrainConfig.from_mapping(values), progress=_progress)
+    server, receiver = result["server"], result["receiver"]
+    _progress(f"server (relay) saw: {server['receiver_size']:,} blinded values from "
+              f"{server['receiver']} and {server['sender_size']:,} from {server['sender']}; "
+              "nothing else")
+    _progress(f"{server['receiver']} learned: {receiver['matched_elsewhere']:,} of its "
+              f"{receiver['selected']:,} selected customers are also {server['sender']} "
+              "customers")
+    if server["mode"] == "intersection":
+        _progress(f"audience {receiver['name']!r}: {receiver['audience']:,} customers "
+                  f"({receiver['opted_out']:,} opted out of marketing and "
+                  f"{receiver['no_phone']:,} without a usable phone left out), sealed at "
+                  f"{receiver['path']}")
+    _progress(f"run directory: {result['run_dir']}")
     return 0
 
 
@@ -140,6 +266,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"any training setting ({keys})")
 
 
+def _add_key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keyring", help="the key domain's keyring (default: $FEDPROFILE_KEYRING)")
+    p.add_argument("--key-file", help="the key file that unlocks it (default: "
+                   "$FEDPROFILE_KEY_FILE, else $FEDPROFILE_KEY_PASSPHRASE, else a prompt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedprofile",
@@ -163,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing platform")
     p.set_defaults(func=cmd_generate)
 
+    key = sub.add_parser("key", help="pseudonymisation keys of a key domain (never on the server)")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    p = key_sub.add_parser("generate", help="write a new random key file (mode 0600)")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_key_generate)
+    p = key_sub.add_parser("init", help="create a key domain's keyring (version 1)")
+    p.add_argument("--domain", required=True, help="key domain name, e.g. the company")
+    _add_key_options(p)
+    p.set_defaults(func=cmd_key_init)
+    p = key_sub.add_parser("rotate", help="new active key version; older versions retired")
+    _add_key_options(p)
+    p.set_defaults(func=cmd_key_rotate)
+    p = key_sub.add_parser("info", help="versions, status and fingerprints (no key material)")
+    _add_key_options(p)
+    p.set_defaults(func=cmd_key_info)
+
     silo = sub.add_parser("silo", help="manage a business line's local store")
     silo_sub = silo.add_subparsers(dest="silo_command", required=True)
     p = silo_sub.add_parser("ingest", help="load customers and/or orders (CSV or Parquet), "
@@ -171,7 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=Path, help="customers file (.csv or .parquet)")
     p.add_argument("--orders", type=Path, help="orders file (.csv or .parquet)")
     p.add_argument("--name", help="silo name (default: the directory's name)")
+    _add_key_options(p)
+    p.add_argument("--drop-raw-ids", action="store_true",
+                   help="keep no raw identifiers at all (default: sealed in the silo store)")
     p.set_defaults(func=cmd_silo_ingest)
+    p = silo_sub.add_parser("rekey", help="move the silo's pseudonyms to the keyring's active "
+                            "version after a rotation")
+    p.add_argument("--silo", required=True)
+    _add_key_options(p)
+    p.set_defaults(func=cmd_silo_rekey)
     p = silo_sub.add_parser("info", help="counts and ingestion history (no customer rows)")
     p.add_argument("--silo", required=True)
     p.set_defaults(func=cmd_silo_info)
@@ -186,6 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("psi", help="private set intersection between two silos over Flower "
+                       "(first marketing case: international flyers without a data pack)")
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
+    p.add_argument("--run-dir", help="where the server's record goes")
+    p.add_argument("--receiver", default="flights", help="silo that learns the result")
+    p.add_argument("--sender", default="datapacks", help="silo that learns only the receiver's "
+                   "set size")
+    p.add_argument("--selection", default="international-flyers",
+                   choices=["all", "international-flyers"],
+                   help="which of the receiver's customers take part")
+    p.add_argument("--cardinality", action="store_true",
+                   help="the receiver learns only how many customers are shared")
+    p.add_argument("--audience", default="cross-sell-datapack", help="audience name")
+    p.add_argument("--key-file", help="the silos' key file (default: $FEDPROFILE_KEY_FILE)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run setting")
+    p.set_defaults(func=cmd_psi)
+
     link = sub.add_parser("superlink", help="Flower's managed local SuperLink (used by `flwr run .`)")
     link_sub = link.add_subparsers(dest="superlink_command", required=True)
     p = link_sub.add_parser("stop", help="stop the local SuperLink `flwr run .` left running, "
@@ -199,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from fedprofile.client.ingest import IngestError
     from fedprofile.client.store import StoreError
+    from fedprofile.privacy.keys import KeyringError
+    from fedprofile.privacy.sealed import TamperError
     from fedprofile.server.local_superlink import SimulationError
 
     args = build_parser().parse_args(argv)
@@ -207,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IngestError as err:
         print(f"fedprofile: {err}", file=sys.stderr)
         return EXIT_INPUT
-    except (ConfigError, StoreError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (ConfigError, StoreError, KeyringError, TamperError, FileNotFoundError,
+            FileExistsError, ValueError) as err:
         print(f"fedprofile: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except SimulationError as err:

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_HOME = "FEDPROFILE_HOME"
+JOBS = ("train", "psi")
+PSI_MODES = ("intersection", "cardinality")
+PSI_SELECTIONS = ("all", "international-flyers")
 
 
 class ConfigError(ValueError):
@@ -29,7 +32,7 @@ def default_workspace() -> Path:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a federated propensity run needs to know.
+    """Everything a federated run needs to know: training, or a PSI job (``job``).
 
     Field names are the run-config keys with ``-`` replaced by ``_``.
     """
@@ -48,6 +51,14 @@ class TrainConfig:
     workspace: str = ""
     silos_dir: str = ""
     run_dir: str = ""
+    key_file: str = ""
+    leak_guard: bool = False
+    job: str = "train"
+    psi_receiver: str = "flights"
+    psi_sender: str = "datapacks"
+    psi_selection: str = "international-flyers"
+    psi_mode: str = "intersection"
+    psi_audience: str = "cross-sell-datapack"
 
     def __post_init__(self) -> None:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
@@ -71,6 +82,13 @@ class TrainConfig:
                 raise ConfigError(f"as-of must be a date YYYY-MM-DD, got {self.as_of!r}") from None
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        choices = {"job": JOBS, "psi_mode": PSI_MODES, "psi_selection": PSI_SELECTIONS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{_key(name)} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.job == "psi" and self.psi_receiver == self.psi_sender:
+            raise ConfigError("psi-receiver and psi-sender must be different silos")
 
     # -- conversions -------------------------------------------------------
     @classmethod

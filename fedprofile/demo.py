@@ -16,10 +16,13 @@ from pathlib import Path
 
 from fedprofile.client.ingest import ingest
 from fedprofile.config import TrainConfig
+from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
+from fedprofile.privacy.silo_keys import load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 from fedprofile.simulations.training import TrainingResult, run_training, summary_table
 
 MARKER = ".fedprofile-demo"
+DEMO_DOMAIN = "travel"
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,27 @@ class DemoResult:
     seconds: float
 
 
-def build_silos(platform_dir: Path, silos_dir: Path,
+def demo_keys(workspace: Path) -> tuple[Path, Secret]:
+    """The demo's key domain: a keyring unlocked by a key file, both under ``keys/``.
+
+    In a real deployment each silo keeps its copy of the domain keyring and its
+    secret on its own machine; the demo keeps them in one place because one
+    machine plays every silo. The server never reads them.
+    """
+    keys_dir = workspace / "keys"
+    key_file = keys_dir / "demo.key"
+    keyring = keys_dir / f"{DEMO_DOMAIN}.keyring"
+    if not key_file.exists():
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        keyring.unlink(missing_ok=True)  # useless without the key file that sealed it
+        generate_key_file(key_file)
+    secret = Secret.from_key_file(key_file)
+    if not keyring.exists():
+        Keyring.create(keyring, DEMO_DOMAIN, secret)
+    return keyring, secret
+
+
+def build_silos(platform_dir: Path, silos_dir: Path, keyring: Path, secret: Secret,
                 progress: Callable[[str], None] = print) -> list[Path]:
     """Ingest every generated line into a fresh silo store, replacing ``silos_dir`` at the end.
 
@@ -41,10 +64,14 @@ def build_silos(platform_dir: Path, silos_dir: Path,
     shutil.rmtree(staging, ignore_errors=True)
     built = []
     for src in sources:
+        keys = load_silo_keys(keyring, secret, staging / src.name)
         report = ingest(staging / src.name, customers=src / "customers.csv",
-                        orders=src / "orders.csv", silo_name=src.name)
+                        orders=src / "orders.csv", silo_name=src.name, keys=keys)
+        invalid = sum(r.invalid for r in report.identifiers if r.kind != "account")
         progress(f"  silo {src.name}: {report.customers_added:,} customers, "
-                 f"{report.orders_added:,} orders")
+                 f"{report.orders_added:,} orders; identifiers pseudonymised with key "
+                 f"{report.key_domain} v{report.key_version}"
+                 + (f" ({invalid:,} unusable phone/e-mail values dropped)" if invalid else ""))
         built.append(silos_dir / src.name)
     old = silos_dir.with_name(silos_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -83,7 +110,8 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
 
     progress("[2/4] loading each business line into its own silo store")
     silos_dir = workspace / "silos"
-    build_silos(platform_dir, silos_dir, progress)
+    keyring, secret = demo_keys(workspace)
+    build_silos(platform_dir, silos_dir, keyring, secret, progress)
 
     progress("[3/4] federated training")
     cfg = replace(train, workspace=str(workspace), silos_dir=str(silos_dir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from logging import INFO, WARNING
 
 import torch
@@ -26,6 +27,7 @@ from fedprofile.models.propensity import build_model
 from fedprofile.simulations.plots import plot_auc_by_round
 
 from .evaluation import decode_reply, summarise
+from .psi import run_psi
 from .strategy import SiloFedAvg
 
 app = ServerApp()
@@ -68,10 +70,23 @@ def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
     return summarise([decode_reply(r.content) for r in ok]) if ok else {}
 
 
+PSI_FILE = "psi.json"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """Run the job the run config names: federated training (default) or a PSI."""
     cfg = TrainConfig.from_mapping(context.run_config)
     run_dir = cfg.run_path(f"flwr-{context.run_id}")
+    if cfg.job == "psi":
+        result = run_psi(grid, cfg)
+        atomic_write_json(run_dir / PSI_FILE, {"flower_run_id": context.run_id, **result})
+        return
+    train(grid, context, cfg, run_dir)
+
+
+def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None:
+    """Federated training of the propensity model, then silo-alone baselines."""
     started = time.perf_counter()
     log(INFO, "fedprofile: federated propensity training, %d rounds, results in %s",
         cfg.num_server_rounds, run_dir)

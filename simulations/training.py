@@ -45,7 +45,7 @@ def new_run_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def _relay(progress: Callable[[str], None]) -> Callable[[str], None]:
+def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
     """Show the ServerApp's own progress lines and errors, not Flower's chatter."""
     def on_line(line: str) -> None:
         clean = _ANSI.sub("", line)
@@ -72,7 +72,7 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
     started = time.perf_counter()
     progress(f"federated training on Flower's Simulation Engine: {len(silos)} silos "
              f"({', '.join(s.name for s in silos)}), {cfg.num_server_rounds} rounds")
-    run_simulation(cfg, len(silos), run_dir / "flower", _relay(progress))
+    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
     metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise SimulationError(f"the ServerApp did not finish; see {run_dir / 'flower' / 'flower.log'}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fedprofile.demo import build_silos
+from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
+from fedprofile.privacy.silo_keys import SiloKeys, load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 
 SMALL_PLATFORM = PlatformConfig(n_customers=3000, seed=11)
@@ -31,6 +34,25 @@ def _private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ[key] = value
 
 
+@dataclass(frozen=True)
+class Domain:
+    """A key domain for tests: its keyring and the secret that opens it."""
+
+    keyring: Path
+    secret: Secret
+
+    def keys(self, silo_dir: Path, keep_raw_ids: bool = True) -> SiloKeys:
+        return load_silo_keys(self.keyring, self.secret, silo_dir, keep_raw_ids=keep_raw_ids)
+
+
+@pytest.fixture(scope="session")
+def domain(tmp_path_factory: pytest.TempPathFactory) -> Domain:
+    keys_dir = tmp_path_factory.mktemp("keys")
+    secret = Secret.from_key_file(generate_key_file(keys_dir / "travel.key"))
+    Keyring.create(keys_dir / "travel.keyring", "travel", secret)
+    return Domain(keys_dir / "travel.keyring", secret)
+
+
 @pytest.fixture(scope="session")
 def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("platform") / "platform"
@@ -39,9 +61,9 @@ def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def silos_dir(platform_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def silos_dir(platform_dir: Path, domain: Domain, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("silos") / "silos"
-    build_silos(platform_dir, out, progress=lambda _m: None)
+    build_silos(platform_dir, out, domain.keyring, domain.secret, progress=lambda _m: None)
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from fedprofile.cli import EXIT_INPUT, main
 
-from .conftest import flower_processes
+from .conftest import Domain, flower_processes
 
 FEDPROFILE = [sys.executable, "-m", "fedprofile"]
 
@@ -31,7 +31,7 @@ def test_help_and_version(tmp_path: Path) -> None:
     assert run_cli("--version", env_home=tmp_path).stdout.startswith("fedprofile ")
 
 
-def test_generate_ingest_info(tmp_path: Path) -> None:
+def test_generate_ingest_info(tmp_path: Path, domain: Domain) -> None:
     out = tmp_path / "platform"
     proc = run_cli("generate", "--out", str(out), "--customers", "300", "--seed", "3",
                    env_home=tmp_path)
@@ -44,21 +44,25 @@ def test_generate_ingest_info(tmp_path: Path) -> None:
     src = out / "silos" / "hotels"
     proc = run_cli("silo", "ingest", "--silo", str(silo), "--customers",
                    str(src / "customers.csv"), "--orders", str(src / "orders.csv"),
+                   "--keyring", str(domain.keyring), "--key-file", str(domain.secret.path),
                    env_home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "customers added" in proc.stdout
+    assert "customers added" in proc.stdout and "pseudonymised with key domain 'travel'" in proc.stdout
 
     info = run_cli("silo", "info", "--silo", str(silo), env_home=tmp_path)
     assert info.returncode == 0, info.stderr
     payload = json.loads(info.stdout)
     assert payload["name"] == "hotels" and payload["orders"] > 0
+    assert payload["key_domain"] == "travel" and payload["raw_ids"] == "sealed"
     assert payload["ingestions"][0]["source"] == "customers.csv;orders.csv"
 
 
-def test_ingest_bad_file_exit_code_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_bad_file_exit_code_and_message(tmp_path: Path, domain: Domain,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "orders.csv"
     bad.write_text("order_id,customer_id\nX1,C1\n")
-    code = main(["silo", "ingest", "--silo", str(tmp_path / "s"), "--orders", str(bad)])
+    code = main(["silo", "ingest", "--silo", str(tmp_path / "s"), "--orders", str(bad),
+                 "--keyring", str(domain.keyring), "--key-file", str(domain.secret.path)])
     err = capsys.readouterr().err
     assert code == EXIT_INPUT
     assert "orders.csv:1: field 'order_time': missing column" in err

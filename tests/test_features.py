@@ -15,10 +15,12 @@ from fedprofile.client.ingest import ingest
 from fedprofile.client.schema import CUSTOMERS, ORDERS
 from fedprofile.client.store import SiloStore, date_to_epoch
 
+from .conftest import Domain
+
 AS_OF = dt.date(2024, 7, 1)
 
 
-def _silo(tmp_path: Path, orders: list[tuple[str, str, str, float]]) -> Path:
+def _silo(tmp_path: Path, orders: list[tuple[str, str, str, float]], domain: Domain) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     customers = [
         "c1,,,Guangdong,Shenzhen,25-34,2023-01-01,false",
@@ -28,7 +30,8 @@ def _silo(tmp_path: Path, orders: list[tuple[str, str, str, float]]) -> Path:
     (tmp_path / "c.csv").write_text("\n".join([",".join(CUSTOMERS.column_names), *customers]))
     rows = [f"{oid},{cid},{when},{amount},datapack,x,HK,false" for oid, cid, when, amount in orders]
     (tmp_path / "o.csv").write_text("\n".join([",".join(ORDERS.column_names), *rows]))
-    ingest(tmp_path / "silo", tmp_path / "c.csv", tmp_path / "o.csv")
+    ingest(tmp_path / "silo", tmp_path / "c.csv", tmp_path / "o.csv",
+           keys=domain.keys(tmp_path / "silo"))
     return tmp_path / "silo"
 
 
@@ -48,12 +51,14 @@ def _features(silo: Path, horizon: int = 30):
     return snapshot(customers, orders, date_to_epoch(AS_OF), horizon)
 
 
-def test_values_by_hand(tmp_path: Path) -> None:
-    fs = _features(_silo(tmp_path, BASE_ORDERS))
+def test_values_by_hand(tmp_path: Path, domain: Domain) -> None:
+    silo = _silo(tmp_path, BASE_ORDERS, domain)
+    fs = _features(silo)
     assert fs.x.shape == (2, N_FEATURES)  # c3 signed up after AS_OF: not eligible
-    assert list(fs.customer_ids) == ["c1", "c2"]
-    assert list(fs.y) == [1.0, 0.0]
-    f = dict(zip(FEATURE_NAMES, fs.x[0], strict=True))
+    pn = domain.keys(silo).pseudonymizer
+    c1, c2 = (list(fs.customer_ids).index(pn.pseudonym("account", c)) for c in ("c1", "c2"))
+    assert (fs.y[c1], fs.y[c2]) == (1.0, 0.0)
+    f = dict(zip(FEATURE_NAMES, fs.x[c1], strict=True))
     assert f["has_orders"] == 1.0
     assert f["recency"] == pytest.approx(math.log1p(20) / math.log1p(1000), rel=1e-5)
     # 2024-06-01 is exactly 30 days before AS_OF: outside the half-open 30-day window
@@ -66,23 +71,23 @@ def test_values_by_hand(tmp_path: Path) -> None:
     assert f["due_ratio"] == pytest.approx(1.0 / 5.0, rel=1e-5)
     assert f["international_share"] == 1.0
     assert f["age_25-34"] == 1.0 and f["province_Guangdong"] == 1.0
-    g = dict(zip(FEATURE_NAMES, fs.x[1], strict=True))
+    g = dict(zip(FEATURE_NAMES, fs.x[c2], strict=True))
     assert g["has_orders"] == 0.0 and g["recency"] == 1.0
     assert g["province_other"] == 1.0  # unknown province maps to "other", not an error
 
 
-def test_no_look_ahead(tmp_path: Path) -> None:
+def test_no_look_ahead(tmp_path: Path, domain: Domain) -> None:
     """Orders at or after the snapshot change the label only, never the features."""
-    a = _features(_silo(tmp_path / "a", BASE_ORDERS))
+    a = _features(_silo(tmp_path / "a", BASE_ORDERS, domain))
     later = [*BASE_ORDERS, ("o6", "c1", "2024-07-02T00:00:00", 9999.0),
              ("o7", "c2", "2024-07-01T00:00:00", 1.0)]
-    b = _features(_silo(tmp_path / "b", later))
+    b = _features(_silo(tmp_path / "b", later, domain))
     np.testing.assert_array_equal(a.x, b.x)
-    assert list(b.y) == [1.0, 1.0]
+    assert sorted(b.y) == [1.0, 1.0]
 
 
-def test_out_of_time_split(tmp_path: Path) -> None:
-    silo = _silo(tmp_path, BASE_ORDERS)
+def test_out_of_time_split(tmp_path: Path, domain: Domain) -> None:
+    silo = _silo(tmp_path, BASE_ORDERS, domain)
     with SiloStore.open(silo) as store:
         data = load_silo_data(store, horizon_days=30, as_of="2024-08-01")
     assert data.test.as_of - data.train.as_of == 30 * 86_400
