@@ -256,11 +256,13 @@ def psi_finish(msg: Message, context: Context) -> Message:
     with SiloStore.open(silo_dir) as store:
         opted_out, no_phone = audience_counts(store)
         members = (cross_sell_audience(store, result.intersection)
-                   if result.intersection is not None else [])
+                   if result.intersection is not None else None)
     summary = {"selected": result.receiver_size, "matched_elsewhere": result.cardinality,
                "opted_out": opted_out, "no_phone": no_phone}
+    key = read_identity_key(silo_dir, silo_secret(context)) if members is not None else None
     saved = save_audience(silo_dir, str(config["audience"]), str(config["session"]), members,
-                          read_identity_key(silo_dir, silo_secret(context)), summary)
-    log(INFO, "silo %s: PSI done, audience %s saved (sealed)", silo_dir.name, saved.name)
+                          key, summary)
+    # No counts in the log: in a simulation, ClientApp logs reach the run's log stream.
+    log(INFO, "silo %s: PSI done; audience %s saved in the silo", silo_dir.name, saved.name)
     # Only an acknowledgement goes back: the server learns set sizes, never the overlap.
     return Message(content=RecordDict({"status": ConfigRecord({"done": True})}), reply_to=msg)

@@ -84,16 +84,25 @@ def audience_counts(store: SiloStore) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
-def save_audience(silo_dir: Path, name: str, session: str, members: list[tuple[str, str]],
-                  key: bytes, summary: dict[str, int]) -> AudienceSummary:
-    """Seal the audience list (AES-GCM) and write its counts next to it, in clear."""
+def save_audience(silo_dir: Path, name: str, session: str,
+                  members: list[tuple[str, str]] | None, key: bytes | None,
+                  summary: dict[str, int]) -> AudienceSummary:
+    """Seal the audience list (AES-GCM) and write its counts next to it, in clear.
+
+    ``members=None`` (cardinality mode: nobody is known by name) writes the
+    counts only.
+    """
     folder = Path(silo_dir) / AUDIENCE_DIR
     path = folder / f"{name}.sealed"
-    payload = {"name": name, "session": session,
-               "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-               "columns": ["customer_key", "destination"], "rows": members}
-    write_sealed_json(path, payload, key, aad=f"audience:{name}".encode())
-    result = AudienceSummary(name=name, audience=len(members), path=str(path), **summary)
+    if members is not None:
+        if key is None:
+            raise ValueError("an audience list is personal data: a key is needed to seal it")
+        payload = {"name": name, "session": session,
+                   "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                   "columns": ["customer_key", "destination"], "rows": members}
+        write_sealed_json(path, payload, key, aad=f"audience:{name}".encode())
+    result = AudienceSummary(name=name, audience=len(members or []),
+                             path=str(path) if members is not None else "", **summary)
     atomic_write_json(folder / f"{name}.summary.json", result.to_json())
     return result
 

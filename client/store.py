@@ -19,6 +19,10 @@ from pathlib import Path
 import numpy as np
 
 
+class StoreError(RuntimeError):
+    """The silo store is missing, unreadable or of an unknown schema version."""
+
+
 STORE_FILENAME = "store.sqlite"
 SCHEMA_VERSION = 2
 
