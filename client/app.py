@@ -27,6 +27,7 @@ from fedprofile.models.propensity import build_model
 from fedprofile.models.training import TrainParams, predict_proba, train_local
 
 from fedprofile.privacy.keys import Secret
+from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
 from fedprofile.privacy.silo_keys import read_identity_key
 
@@ -35,7 +36,8 @@ from .features import N_FEATURES, SiloData, load_silo_data
 from .silos import list_silos
 from .store import STORE_FILENAME, SiloStore
 
-app = ClientApp()
+# The leak guard inspects every reply before it leaves, when the run asks for it.
+app = ClientApp(mods=[leak_guard_mod])
 
 
 def resolve_silo_dir(context: Context) -> Path:

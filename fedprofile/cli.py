@@ -230,6 +230,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workspace = Path(args.workspace) if args.workspace else default_workspace() / "demo"
     args.workspace = None  # the demo sets workspace/silos itself
+    if args.leak_guard:
+        args.set = [*(args.set or []), "leak-guard=true"]
     cfg = _train_config(args)
     result = run_demo(workspace.expanduser(), PlatformConfig(n_customers=args.customers,
                                                              seed=args.platform_seed),
@@ -240,6 +242,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _progress(f"  metrics:       {run_dir / 'metrics.json'}")
     _progress(f"  plot:          {run_dir / 'auc_by_round.png'}")
     _progress(f"  model:         {run_dir / 'model.pt'}")
+    if result.leak_findings:
+        print(f"fedprofile: the leak guard found {len(result.leak_findings)} leak(s)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
     return 0
 
 
@@ -285,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or ~/.fedprofile/demo); rewritten on every run")
     p.add_argument("--customers", type=int, default=20_000, help="people on the platform")
     p.add_argument("--platform-seed", type=int, default=7, help="generator seed")
+    p.add_argument("--leak-guard", action="store_true", help="inspect every ClientApp reply "
+                   "and every file written outside the silos for raw identifiers and rows")
     _add_train_options(p)
     p.set_defaults(func=cmd_demo)
 

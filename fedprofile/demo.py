@@ -19,6 +19,8 @@ from fedprofile.config import TrainConfig
 from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.privacy.silo_keys import load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
+from fedprofile.privacy.leak_guard import Finding, Needles, scan_tree, silo_needles
+from fedprofile.simulations.psi_run import run_psi_job
 from fedprofile.simulations.training import TrainingResult, run_training, summary_table
 
 MARKER = ".fedprofile-demo"
@@ -29,7 +31,10 @@ DEMO_DOMAIN = "travel"
 class DemoResult:
     workspace: Path
     training: TrainingResult
+    psi: dict[str, object]
     seconds: float
+    leak_findings: list[Finding] | None = None  # None: the leak guard was off
+    guarded_replies: int = 0
 
 
 def demo_keys(workspace: Path) -> tuple[Path, Secret]:
@@ -100,7 +105,7 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
     _claim_workspace(workspace)
     platform_dir = workspace / "platform"
 
-    progress(f"[1/4] generating the synthetic travel platform "
+    progress(f"[1/5] generating the synthetic travel platform "
              f"({platform.n_customers:,} people, seed {platform.seed})")
     t0 = time.perf_counter()
     summary = generate_platform(platform, platform_dir, overwrite=True)
@@ -108,16 +113,56 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
     progress(f"  customers per line: {lines} ({time.perf_counter() - t0:.1f}s); "
              f"ground truth kept apart in {platform_dir / 'ground_truth'}")
 
-    progress("[2/4] loading each business line into its own silo store")
+    progress("[2/5] loading each business line into its own silo store "
+             "(identifiers pseudonymised, raw ids sealed)")
     silos_dir = workspace / "silos"
     keyring, secret = demo_keys(workspace)
-    build_silos(platform_dir, silos_dir, keyring, secret, progress)
+    silos = build_silos(platform_dir, silos_dir, keyring, secret, progress)
+    key_file = str(secret.path)
 
-    progress("[3/4] federated training")
-    cfg = replace(train, workspace=str(workspace), silos_dir=str(silos_dir))
+    progress("[3/5] federated training")
+    cfg = replace(train, workspace=str(workspace), silos_dir=str(silos_dir), key_file=key_file)
     result = run_training(cfg, progress=progress, oracle=True)
 
-    progress("[4/4] results")
+    progress("[4/5] marketing case 1: international flyers who are not data-pack customers "
+             "(private set intersection)")
+    psi = run_psi_job(replace(cfg, run_dir="", min_silos=2), progress=progress)
+    receiver = psi["receiver"]
+    progress(f"  the server saw only set sizes ({psi['server']['receiver_size']:,} and "
+             f"{psi['server']['sender_size']:,} blinded values)")
+    progress(f"  flights learned that {receiver['matched_elsewhere']:,} of its "
+             f"{receiver['selected']:,} international flyers buy data packs from us; audience "
+             f"of {receiver['audience']:,} ({receiver['opted_out']:,} opted out, left out) "
+             f"sealed in {receiver['path']}")
+
+    findings: list[Finding] | None = None
+    guarded = 0
+    if cfg.leak_guard:
+        findings, guarded = _check_leaks(workspace, silos, key_file, cfg, platform_dir)
+        progress(f"  leak guard: {guarded:,} ClientApp replies and every file outside the "
+                 f"silos checked, {len(findings)} leak(s)")
+        for finding in findings[:10]:
+            progress(f"    {finding}")
+
+    progress("[5/5] results")
     progress(summary_table(result.metrics))
-    return DemoResult(workspace=workspace, training=result,
-                      seconds=time.perf_counter() - started)
+    return DemoResult(workspace=workspace, training=result, psi=psi,
+                      seconds=time.perf_counter() - started, leak_findings=findings,
+                      guarded_replies=guarded)
+
+
+def _check_leaks(workspace: Path, silos: list[Path], key_file: str, cfg: TrainConfig,
+                 platform_dir: Path) -> tuple[list[Finding], int]:
+    """Files outside the silos (and outside the generator's per-line exports and
+    ground truth, which stand for the lines' own systems) must hold no raw id or row."""
+    needles = Needles()
+    replies = 0
+    for silo in silos:
+        one = silo_needles(silo, key_file, cfg.horizon_days, cfg.as_of)
+        needles.texts.update(one.texts)
+        needles.rows |= one.rows
+        needles.width = one.width
+        log = silo / "leak-guard.log"
+        replies += len(log.read_text().splitlines()) if log.exists() else 0
+    exclude = [workspace / "silos", platform_dir]
+    return scan_tree(workspace, needles, exclude=exclude), replies

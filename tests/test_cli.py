@@ -94,14 +94,21 @@ def test_train_command(silos_dir: Path, tmp_path: Path) -> None:
 def test_demo_command(tmp_path: Path) -> None:
     workspace = tmp_path / "demo"
     proc = run_cli("demo", "--workspace", str(workspace), "--customers", "1500",
-                   "--rounds", "2", env_home=tmp_path)
+                   "--rounds", "2", "--leak-guard", env_home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for text in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "federated (FedAvg)",
+    for text in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "federated (FedAvg)",
                  "centralized oracle", "each silo alone", "demo finished"):
         assert text in proc.stdout, text
-    runs = list((workspace / "runs").iterdir())
-    assert len(runs) == 1 and (runs[0] / "auc_by_round.png").is_file()
-    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert "leak guard:" in proc.stdout and ", 0 leak(s)" in proc.stdout
+    for silo in ("flights", "hotels", "datapacks"):
+        checked = (workspace / "silos" / silo / "leak-guard.log").read_text().splitlines()
+        assert checked and all(line.endswith("findings=0") for line in checked), silo
+        assert all("identifiers=0" not in line for line in checked), "the guard had no needles"
+    runs = sorted((workspace / "runs").iterdir())
+    assert len(runs) == 2  # training and the PSI
+    train_run = next(r for r in runs if (r / "metrics.json").exists())
+    assert (train_run / "auc_by_round.png").is_file()
+    metrics = json.loads((train_run / "metrics.json").read_text())
     assert {"federated", "oracle", "silo_alone", "rounds", "timing"} <= set(metrics)
     # the demo refuses to rewrite a directory it did not create
     other = tmp_path / "mine"
