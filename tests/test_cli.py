@@ -144,3 +144,43 @@ def test_ctrl_c_during_training_leaves_no_process(silos_dir: Path, tmp_path: Pat
     while flower_processes(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not flower_processes(tmp_path)
+
+
+def test_no_key_material_in_cli_output(tmp_path: Path) -> None:
+    """Keys and passphrases never appear in what the commands print, even on errors."""
+    env = {**os.environ, "FEDPROFILE_HOME": str(tmp_path)}
+    key_file = tmp_path / "k.key"
+    outputs = []
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*FEDPROFILE, *args], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=120)
+        outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    assert cli("key", "generate", str(key_file)).returncode == 0
+    ring = str(tmp_path / "d.keyring")
+    assert cli("key", "init", "--domain", "acme", "--keyring", ring,
+               "--key-file", str(key_file)).returncode == 0
+    assert cli("key", "rotate", "--keyring", ring, "--key-file", str(key_file)).returncode == 0
+    assert cli("key", "info", "--keyring", ring, "--key-file", str(key_file)).returncode == 0
+    wrong = tmp_path / "wrong.key"
+    cli("key", "generate", str(wrong))
+    bad = cli("key", "info", "--keyring", ring, "--key-file", str(wrong))
+    assert bad.returncode == EXIT_INPUT and "wrong passphrase or key file" in bad.stderr
+    passphrase = "correct horse battery staple"
+    ring2 = str(tmp_path / "p.keyring")
+    assert cli("key", "init", "--domain", "acme", "--keyring", ring2,
+               FEDPROFILE_KEY_PASSPHRASE=passphrase).returncode == 0
+    bad = cli("key", "info", "--keyring", ring2, FEDPROFILE_KEY_PASSPHRASE=passphrase + "!")
+    assert bad.returncode == EXIT_INPUT and "wrong passphrase" in bad.stderr
+
+    from fedprofile.privacy.keys import Keyring, Secret
+
+    secret = Secret.from_key_file(key_file)
+    keyring = Keyring.open(Path(ring), secret)
+    secrets = [key_file.read_text().strip(), passphrase, keyring.key().hex(),
+               wrong.read_text().strip()]
+    text = "\n".join(outputs)
+    for value in secrets:
+        assert value not in text and value.upper() not in text
