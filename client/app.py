@@ -12,6 +12,8 @@ Engine each virtual node's ``partition-id`` picks one silo under ``silos-dir``.
 from __future__ import annotations
 
 import functools
+import json
+from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
@@ -22,10 +24,13 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.models.dp import (DPParams, DPTrainStats, sample_rate, steps_per_epoch,
+                                  train_local_dp)
 from fedprofile.models.metrics import BinaryEvaluation
 from fedprofile.models.propensity import build_model
 from fedprofile.models.training import TrainParams, predict_proba, train_local
 
+from fedprofile.privacy.accounting import AccountantState, MechanismStep, epsilon, noise_for_target
 from fedprofile.privacy.keys import Secret
 from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
@@ -117,14 +122,99 @@ def evaluation_record(evaluation: BinaryEvaluation) -> MetricRecord:
     )
 
 
+DP_STATE = "dp-accountant"
+
+
+@dataclass(frozen=True)
+class _DPPlan:
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    delta: float
+    customers: int
+
+
+def _dp_plan(data: SiloData, config: ConfigRecord) -> _DPPlan:
+    """The mechanism this silo will run each round (the same for every round)."""
+    n = len(data.train)
+    delta = float(config["dp-delta"])
+    if delta >= 1.0 / n:
+        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / n:.2e} for silo "
+                         f"{data.name} ({n} customers): a delta that large allows leaking a "
+                         "whole customer with that probability; lower it")
+    batch = int(config["batch-size"])
+    q = sample_rate(batch, n)
+    steps_per_round = int(config["local-epochs"]) * steps_per_epoch(batch, n)
+    sigma = float(config["dp-noise-multiplier"])
+    target = float(config["dp-target-epsilon"])
+    if target > 0:
+        sigma = noise_for_target(target, delta, q,
+                                 steps_per_round * int(config["num-server-rounds"]))
+    return _DPPlan(sigma, q, steps_per_round, delta, n)
+
+
+def _dp_round(model, data: SiloData, config: ConfigRecord, context: Context
+              ) -> tuple[DPTrainStats, dict[str, float]]:
+    """One round of DP-SGD; the accountant's history lives in this node's state.
+
+    The history (one mechanism step per round) makes the epsilon cumulative
+    over the rounds of the run; the ledger makes it cumulative over runs.
+    """
+    plan = _dp_plan(data, config)
+    state = (AccountantState.from_dict(json.loads(str(context.state[DP_STATE]["json"])))
+             if DP_STATE in context.state else AccountantState())
+    stats = train_local_dp(model, data.train.x, data.train.y, _params(config),
+                           DPParams(noise_multiplier=plan.noise_multiplier,
+                                    clip_norm=float(config["dp-clip-norm"])))
+    state.append(MechanismStep(noise_multiplier=plan.noise_multiplier,
+                               sample_rate=stats.sample_rate, steps=stats.steps))
+    context.state[DP_STATE] = ConfigRecord({"json": json.dumps(state.to_dict())})
+    return stats, {
+        "dp-epsilon-rdp": epsilon(state.history, plan.delta, "rdp"),
+        "dp-epsilon-prv": epsilon(state.history, plan.delta, "prv"),
+        "dp-delta": plan.delta,
+        "dp-noise-multiplier": plan.noise_multiplier,
+        "dp-sample-rate": stats.sample_rate,
+        "dp-steps": float(state.total_steps),
+        "dp-clip-norm": float(config["dp-clip-norm"]),
+    }
+
+
+@app.query("dp_plan")
+def dp_plan(msg: Message, context: Context) -> Message:
+    """Before training: the epsilon this silo would spend over the whole run.
+
+    The server reserves it in the privacy-budget ledger (or refuses the run)
+    before any training starts.
+    """
+    config = msg.content["config"]
+    data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
+    plan = _dp_plan(data, config)
+    total = [MechanismStep(plan.noise_multiplier, plan.sample_rate,
+                           plan.steps_per_round * int(config["num-server-rounds"]))]
+    eps = {acc: epsilon(total, plan.delta, acc) for acc in ("rdp", "prv")}
+    record = ConfigRecord({"name": data.name, "customers": plan.customers,
+                           "noise-multiplier": plan.noise_multiplier,
+                           "sample-rate": plan.sample_rate,
+                           "steps": plan.steps_per_round * int(config["num-server-rounds"]),
+                           "delta": plan.delta, "epsilon-rdp": eps["rdp"],
+                           "epsilon-prv": eps["prv"]})
+    return Message(content=RecordDict({"plan": record}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One federated round: start from the global weights, train locally, send weights."""
     model, config = _model_from(msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
-    stats = train_local(model, data.train.x, data.train.y, _params(config))
-    log(INFO, "silo %s: trained on %d customers (%.0f samples/s)", data.name,
-        len(data.train), stats.samples_per_second)
+    privacy: dict[str, float] = {}
+    if bool(config.get("dp", False)):
+        stats, privacy = _dp_round(model, data, config, context)
+    else:
+        stats = train_local(model, data.train.x, data.train.y, _params(config))
+    log(INFO, "silo %s: trained on %d customers (%.0f samples/s)%s", data.name,
+        len(data.train), stats.samples_per_second,
+        f", epsilon so far {privacy['dp-epsilon-rdp']:.2f} (RDP)" if privacy else "")
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
@@ -134,6 +224,7 @@ def train(msg: Message, context: Context) -> Message:
                     "train-loss": stats.mean_loss,
                     "samples-per-second": stats.samples_per_second,
                     "train-seconds": stats.seconds,
+                    **privacy,
                 }
             ),
             "silo": ConfigRecord({"name": data.name}),

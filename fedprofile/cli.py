@@ -249,6 +249,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger(args: argparse.Namespace, create: bool = False):  # -> Ledger
+    from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
+
+    path = Path(args.ledger).expanduser()
+    key_file = Path(args.key_file).expanduser() if args.key_file else path.with_name("ledger.key")
+    key = ledger_key_from_file(key_file)
+    return Ledger.create(path, key) if create else Ledger.open(path, key)
+
+
+def cmd_ledger_init(args: argparse.Namespace) -> int:
+    with _ledger(args, create=True) as ledger:
+        _progress(f"privacy-budget ledger created at {ledger.path}")
+    return 0
+
+
+def cmd_ledger_cap(args: argparse.Namespace) -> int:
+    with _ledger(args) as ledger:
+        ledger.set_cap(args.silo, args.purpose, args.epsilon, args.delta, reason=args.reason)
+        _progress(f"cap for {args.silo} / {args.purpose}: epsilon {args.epsilon:g}, delta "
+                  f"{args.delta:g} (spent so far {ledger.spent(args.silo, args.purpose):.3f})")
+    return 0
+
+
+def cmd_ledger_show(args: argparse.Namespace) -> int:
+    with _ledger(args) as ledger:
+        rows = ledger.summary()
+        print(f"{'silo':<14} {'purpose':<24} {'cap eps':>8} {'cap delta':>10} {'spent':>8} "
+              f"{'reserved':>9} {'remaining':>10} {'runs':>5}")
+        for r in rows:
+            print(f"{r['silo']:<14} {r['purpose']:<24} {r['cap_epsilon'] or 0:>8.3f} "
+                  f"{r['cap_delta'] or 0:>10.1e} {r['spent']:>8.3f} {r['reserved']:>9.3f} "
+                  f"{(r['remaining'] if r['remaining'] is not None else float('nan')):>10.3f} "
+                  f"{r['runs']:>5}")
+        print(f"worst case for one customer present in every silo (all purposes, basic "
+              f"composition): epsilon {ledger.worst_case_per_customer():.3f}")
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.ledger import LedgerTamperError
+
+    path = Path(args.ledger).expanduser()
+    try:
+        with _ledger(args) as ledger:
+            report = ledger.verify()
+    except LedgerTamperError as err:  # opening verifies; report every problem it found
+        report = err.report
+    if report.ok:
+        _progress(f"ledger {path}: OK, {report.entries} entries, {report.caps} cap changes; "
+                  f"head seq {report.head.seq} hash {report.head.hash}")
+        return 0
+    print(f"fedprofile: ledger {path} FAILED verification:", file=sys.stderr)
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_RUNTIME
+
+
 def cmd_superlink_stop(args: argparse.Namespace) -> int:
     from fedprofile.server.local_superlink import stop_managed_superlink
 
@@ -368,6 +425,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any run setting")
     p.set_defaults(func=cmd_psi)
 
+    ledger = sub.add_parser("ledger", help="the privacy-budget ledger (caps, spends, verification)")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+
+    def _ledger_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ledger", required=True, help="the ledger file")
+        p.add_argument("--key-file", help="the ledger's key file (default: ledger.key beside it)")
+
+    p = ledger_sub.add_parser("init", help="create an empty ledger")
+    _ledger_opts(p)
+    p.set_defaults(func=cmd_ledger_init)
+    p = ledger_sub.add_parser("cap", help="set the epsilon/delta cap of a silo and purpose")
+    _ledger_opts(p)
+    p.add_argument("--silo", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--epsilon", type=float, required=True)
+    p.add_argument("--delta", type=float, required=True)
+    p.add_argument("--reason", help="why (recorded with the change)")
+    p.set_defaults(func=cmd_ledger_cap)
+    p = ledger_sub.add_parser("show", help="budget spent vs cap per silo and purpose")
+    _ledger_opts(p)
+    p.set_defaults(func=cmd_ledger_show)
+    p = ledger_sub.add_parser("verify", help="check the hash chain and signatures")
+    _ledger_opts(p)
+    p.set_defaults(func=cmd_ledger_verify)
+
     link = sub.add_parser("superlink", help="Flower's managed local SuperLink (used by `flwr run .`)")
     link_sub = link.add_subparsers(dest="superlink_command", required=True)
     p = link_sub.add_parser("stop", help="stop the local SuperLink `flwr run .` left running, "
@@ -382,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedprofile.client.ingest import IngestError
     from fedprofile.client.store import StoreError
     from fedprofile.privacy.keys import KeyringError
+    from fedprofile.privacy.ledger import LedgerError
     from fedprofile.privacy.sealed import TamperError
     from fedprofile.server.local_superlink import SimulationError
 
@@ -391,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IngestError as err:
         print(f"fedprofile: {err}", file=sys.stderr)
         return EXIT_INPUT
-    except (ConfigError, StoreError, KeyringError, TamperError, FileNotFoundError,
+    except (ConfigError, StoreError, KeyringError, TamperError, LedgerError, FileNotFoundError,
             FileExistsError, ValueError) as err:
         print(f"fedprofile: error: {err}", file=sys.stderr)
         return EXIT_INPUT

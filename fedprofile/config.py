@@ -59,6 +59,14 @@ class TrainConfig:
     psi_selection: str = "international-flyers"
     psi_mode: str = "intersection"
     psi_audience: str = "cross-sell-datapack"
+    dp: bool = False
+    dp_noise_multiplier: float = 1.0
+    dp_target_epsilon: float = 0.0
+    dp_clip_norm: float = 1.0
+    dp_delta: float = 1e-5
+    purpose: str = "propensity-training"
+    ledger: str = ""
+    ledger_key_file: str = ""
 
     def __post_init__(self) -> None:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
@@ -87,6 +95,14 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_key(name)} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
+        for name in ("dp_noise_multiplier", "dp_clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)!r}")
+        if not self.dp_target_epsilon >= 0 or self.dp_target_epsilon != self.dp_target_epsilon:
+            raise ConfigError(f"dp-target-epsilon must be > 0 (or 0: use dp-noise-multiplier), "
+                              f"got {self.dp_target_epsilon!r}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta!r}")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
 

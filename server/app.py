@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from logging import INFO, WARNING
 
@@ -27,6 +28,7 @@ from fedprofile.models.propensity import build_model
 from fedprofile.simulations.plots import plot_auc_by_round
 
 from .evaluation import decode_reply, summarise
+from .budget import charged
 from .psi import run_psi
 from .strategy import SiloFedAvg
 
@@ -49,6 +51,12 @@ def client_config(cfg: TrainConfig) -> ConfigRecord:
             "horizon-days": cfg.horizon_days,
             "as-of": cfg.as_of,
             "seed": cfg.seed,
+            "num-server-rounds": cfg.num_server_rounds,
+            "dp": cfg.dp,
+            "dp-noise-multiplier": cfg.dp_noise_multiplier,
+            "dp-target-epsilon": cfg.dp_target_epsilon,
+            "dp-clip-norm": cfg.dp_clip_norm,
+            "dp-delta": cfg.dp_delta,
         }
     )
 
@@ -71,6 +79,18 @@ def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
 
 
 PSI_FILE = "psi.json"
+
+
+def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]:
+    """What the run cost each silo in privacy (cumulative over its rounds)."""
+    if not cfg.dp:
+        return {"dp": False, "note": "trained without differential privacy"}
+    last: dict[str, dict[str, float]] = {}
+    for record in strategy.history:
+        last.update(record.privacy)
+    return {"dp": True, "mechanism": "dp-sgd (Opacus, Poisson sampling)",
+            "privacy_unit": "customer (one training example per customer per silo)",
+            "purpose": cfg.purpose, "delta": cfg.dp_delta, "silos": last}
 
 
 @app.main()
@@ -101,19 +121,30 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         min_available_nodes=cfg.min_silos,
     )
     config = client_config(cfg)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=config,
-        evaluate_config=config,
-    )
+    with ExitStack() as stack:
+        budget = (stack.enter_context(charged(grid, cfg, config, str(context.run_id), run_dir.name))
+                  if cfg.dp else None)
+        try:
+            result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=cfg.num_server_rounds,
+                timeout=cfg.round_timeout,
+                train_config=config,
+                evaluate_config=config,
+            )
+        finally:
+            if budget is not None:  # charge what each silo actually spent
+                budget.spent = privacy_summary(cfg, strategy)["silos"]  # type: ignore[assignment]
     if not strategy.history or not strategy.history[-1].evaluation:
         raise RuntimeError("federated training produced no evaluation: see the log above")
 
     alone: dict[str, object] = {}
-    if cfg.silo_alone:
+    if cfg.silo_alone and cfg.dp:
+        # A baseline is a model trained on customer data too: with DP on, it would
+        # spend budget; fedprofile does not spend budget silently on a comparison.
+        log(INFO, "fedprofile: silo-alone baselines skipped (DP is on)")
+    elif cfg.silo_alone:
         log(INFO, "fedprofile: training silo-alone baselines")
         alone = run_silo_alone(grid, initial, config, cfg.round_timeout)
 
@@ -134,6 +165,7 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
             for r in strategy.history
         ],
         "federated": strategy.history[-1].evaluation,
+        "privacy": privacy_summary(cfg, strategy),
         "silo_alone": alone,
         "seconds": time.perf_counter() - started,
     }

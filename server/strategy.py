@@ -31,6 +31,7 @@ class RoundRecord:
     trained: list[str] = field(default_factory=list)
     train_loss: float | None = None
     samples_per_second: float | None = None
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, object] = field(default_factory=dict)
     failures: int = 0
 
@@ -55,6 +56,11 @@ class SiloFedAvg(FedAvg):
         ok = [m for m in replies if not m.has_error()]
         record.failures += len(replies) - len(ok)
         record.trained = sorted(str(m.content["silo"]["name"]) for m in ok)
+        for m in ok:  # each silo's cumulative DP spend, as it reported it
+            metrics = m.content["metrics"]
+            spent = {k[3:]: float(v) for k, v in metrics.items() if k.startswith("dp-")}  # type: ignore[arg-type]
+            if spent:
+                record.privacy[str(m.content["silo"]["name"])] = spent
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])  # type: ignore[arg-type]

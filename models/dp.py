@@ -1,0 +1,124 @@
+"""Local training with DP-SGD (Opacus), where the privacy unit is the customer.
+
+A silo's training snapshot has exactly one row per customer (see
+:mod:`fedprofile.client.features`), so per-example clipping in DP-SGD bounds
+each *customer's* influence on a round's update, and the guarantee Opacus
+accounts for is a customer-level guarantee. Batches are Poisson-sampled (each
+customer independently with probability ``sample_rate``), which is what the
+subsampled-Gaussian accounting assumes.
+
+The accountant's history is passed in and returned, not kept in the engine:
+a new engine is built every round (the global weights change), and the
+history is what makes the epsilon cumulative across rounds and runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .training import TrainParams, TrainStats
+
+GRAD_SAMPLE_MODE = "hooks"
+"""Opacus per-sample-gradient mode for the MLP (see benchmarks/bench_dp.py)."""
+
+
+@dataclass(frozen=True)
+class DPParams:
+    """DP-SGD settings of one silo's local training."""
+
+    noise_multiplier: float
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0:
+            raise ValueError(f"noise multiplier must be > 0, got {self.noise_multiplier}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"clip norm must be > 0, got {self.clip_norm}")
+
+
+@dataclass(frozen=True)
+class DPTrainStats(TrainStats):
+    """Local training stats plus the mechanism actually run (for accounting)."""
+
+    noise_multiplier: float = 0.0
+    sample_rate: float = 0.0
+    steps: int = 0
+    clip_norm: float = 0.0
+
+
+def steps_per_epoch(batch_size: int, n: int) -> int:
+    """Steps Opacus's Poisson loader runs per epoch: as many as the plain loader's batches."""
+    if n <= 0:
+        raise ValueError("no training examples")
+    return math.ceil(n / batch_size)
+
+
+def sample_rate(batch_size: int, n: int) -> float:
+    """The Poisson sampling rate Opacus uses: ``1 / steps_per_epoch`` (about batch/n)."""
+    return 1.0 / steps_per_epoch(batch_size, n)
+
+
+def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams,
+                   dp: DPParams) -> DPTrainStats:
+    """Train ``model`` in place with DP-SGD; one row of ``x`` is one customer."""
+    from opacus import PrivacyEngine
+
+    if len(x) == 0:
+        raise ValueError("no training examples")
+    torch.manual_seed(params.seed)
+    data = TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                         torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
+    gen = torch.Generator().manual_seed(params.seed)
+    loader = DataLoader(data, batch_size=params.batch_size, shuffle=True, generator=gen)
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off (it uses a CSPRNG for noise only then).
+        warnings.simplefilter("ignore", UserWarning)
+        private_model, private_opt, private_loader = engine.make_private(
+            module=model, optimizer=optimiser, data_loader=loader,
+            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
+            poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE,
+        )
+    loss_fn = nn.BCEWithLogitsLoss()
+    private_model.train()
+    start = time.perf_counter()
+    total, seen, steps = 0.0, 0, 0
+    for _ in range(params.epochs):
+        for xb, yb in private_loader:
+            private_opt.zero_grad(set_to_none=True)
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch: still a step
+                private_opt.step()
+                steps += 1
+                continue
+            loss = loss_fn(private_model(xb), yb)
+            loss.backward()
+            private_opt.step()
+            steps += 1
+            total += float(loss.detach()) * len(yb)
+            seen += len(yb)
+    elapsed = time.perf_counter() - start
+    # Report exactly the mechanism Opacus's own accountant recorded, and check it
+    # matches what ran: this is what the ledger will be charged.
+    history = engine.accountant.history
+    recorded = sum(s for _, _, s in history)
+    rates = {q for _, q, _ in history}
+    if recorded != steps or len(rates) != 1:
+        raise RuntimeError(f"DP accounting mismatch: {steps} steps run, {recorded} recorded "
+                           f"at sample rates {sorted(rates)}")
+    q = rates.pop()
+    if abs(q - sample_rate(params.batch_size, len(data))) > 1e-12:
+        raise RuntimeError(f"unexpected Opacus sample rate {q}")
+    if hasattr(private_model, "remove_hooks"):  # leave the caller's module without Opacus hooks
+        private_model.remove_hooks()
+    return DPTrainStats(examples=seen, mean_loss=total / max(seen, 1), seconds=elapsed,
+                        noise_multiplier=dp.noise_multiplier, sample_rate=q, steps=steps,
+                        clip_norm=dp.clip_norm)

@@ -1,0 +1,113 @@
+"""Charging a DP run to the privacy-budget ledger: reserve before training, settle after.
+
+Every silo first reports what the whole run would cost it (its plan: noise,
+sampling rate, steps, and the epsilon they imply). The server reserves all of
+it in the ledger in order, under the caps per silo and purpose; if any silo
+would go over its cap, the reservations made so far are released and the run
+is refused, before a single training step. After training, each silo's
+reservation is settled with what it actually spent (as it reported it, and
+recomputed here from the reported mechanism), or released if it never trained.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.privacy.accounting import MechanismStep, epsilon
+from fedprofile.privacy.ledger import Ledger, Reservation, ledger_key_from_file
+
+MECHANISM = "dp-sgd"
+PRIVACY_UNIT = "customer"
+
+
+@dataclass
+class Budget:
+    """The open reservations of one run, by silo."""
+
+    ledger: Ledger
+    run_id: str
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    spent: dict[str, dict[str, float]] = field(default_factory=dict)  # set by the run
+
+
+def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+    ledger = Path(cfg.ledger).expanduser() if cfg.ledger else cfg.workspace_path / "ledger" / "privacy-ledger.sqlite"
+    key = Path(cfg.ledger_key_file).expanduser() if cfg.ledger_key_file else ledger.with_name("ledger.key")
+    return ledger, key
+
+
+def collect_plans(grid: Grid, config: ConfigRecord, timeout: float) -> dict[str, ConfigRecord]:
+    messages = [Message(content=RecordDict({"config": config}), message_type="query.dp_plan",
+                        dst_node_id=n) for n in grid.get_node_ids()]
+    plans: dict[str, ConfigRecord] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise ConfigError(f"a silo refused the DP plan: {reply.error.reason}")
+        plan = reply.content["plan"]
+        plans[str(plan["name"])] = plan
+    return plans
+
+
+@contextmanager
+def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
+            model_id: str) -> Iterator[Budget]:
+    """Reserve every silo's planned epsilon; settle or release when the block ends."""
+    path, key_file = ledger_paths(cfg)
+    if not path.is_file():
+        raise ConfigError(f"DP runs are charged to a privacy-budget ledger, and there is none at "
+                          f"{path}: create it with `fedprofile ledger init` and set caps")
+    plans = collect_plans(grid, config, cfg.round_timeout)
+    operator = getpass.getuser()
+    with Ledger.open(path, ledger_key_from_file(key_file)) as ledger:
+        budget = Budget(ledger, run_id)
+        try:
+            for silo, plan in sorted(plans.items()):
+                planned = max(float(plan["epsilon-rdp"]), float(plan["epsilon-prv"]))
+                budget.reservations[silo] = ledger.reserve(
+                    run_id=run_id, silo=silo, purpose=cfg.purpose, epsilon_planned=planned,
+                    delta=float(plan["delta"]), mechanism=MECHANISM,
+                    params={"noise_multiplier": float(plan["noise-multiplier"]),
+                            "sample_rate": float(plan["sample-rate"]),
+                            "steps": int(plan["steps"]), "clip_norm": cfg.dp_clip_norm},
+                    privacy_unit=PRIVACY_UNIT, model_id=model_id, operator=operator,
+                    n_records=int(plan["customers"]))
+                log(INFO, "fedprofile: budget reserved for %s: epsilon %.3f (%s, cap remaining "
+                    "%.3f)", silo, planned, cfg.purpose, ledger.remaining(silo, cfg.purpose))
+        except BaseException:
+            for reservation in budget.reservations.values():
+                ledger.release(reservation, "run refused before training: another silo's "
+                               "budget would be exceeded", operator=operator)
+            raise
+        try:
+            yield budget
+        finally:
+            for silo, reservation in budget.reservations.items():
+                if silo in budget.spent:
+                    _settle(ledger, reservation, budget.spent[silo], operator)
+                else:
+                    ledger.release(reservation, "the silo did not train in this run",
+                                   operator=operator)
+
+
+def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],
+            operator: str) -> None:
+    # Recompute from the reported mechanism (every round runs the same one, so
+    # the whole run is one step count), so the ledger does not rest on the
+    # silo's arithmetic alone; charge the larger of the two.
+    whole_run = MechanismStep(spent["noise-multiplier"], spent["sample-rate"], int(spent["steps"]))
+    recomputed = epsilon([whole_run], spent["delta"], "rdp")
+    by_accountant = {"rdp": max(spent["epsilon-rdp"], recomputed), "prv": spent["epsilon-prv"]}
+    ledger.settle(reservation, by_accountant,
+                  params={"noise_multiplier": spent["noise-multiplier"],
+                          "sample_rate": spent["sample-rate"], "steps": int(spent["steps"]),
+                          "clip_norm": spent["clip-norm"]}, operator=operator)
