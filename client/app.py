@@ -18,6 +18,7 @@ from logging import INFO
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
                       RecordDict)
 from flwr.clientapp import ClientApp
@@ -76,6 +77,10 @@ def _cached_data(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days
 
 
 def silo_data(context: Context, horizon_days: int, as_of: str) -> SiloData:
+    if "partition-id" in context.node_config:
+        # Simulation: the engine runs one ClientApp worker per core already;
+        # more torch threads per worker only oversubscribe the CPU.
+        torch.set_num_threads(1)
     silo_dir = resolve_silo_dir(context)
     store = SiloStore.open(silo_dir)  # checks it exists and is a store
     store.close()
