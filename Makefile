@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/fedprofile demo
 
-test: $(VENV)/.installed
+# The audit-report test renders the report in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the audit-report test needs Debian's chromium: sudo apt-get install chromium"; fi; }
+
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -306,6 +306,19 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return EXIT_RUNTIME
 
 
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.audit import write_report
+    from fedprofile.privacy.ledger import ledger_key_from_file
+
+    path = Path(args.ledger).expanduser()
+    key_file = Path(args.key_file).expanduser() if args.key_file else path.with_name("ledger.key")
+    silos = Path(args.silos_dir).expanduser() if args.silos_dir else default_workspace() / "silos"
+    html_path, json_path = write_report(path, ledger_key_from_file(key_file),
+                                        Path(args.out).expanduser(), silos)
+    _progress(f"audit report: {html_path} (self-contained HTML) and {json_path} (JSON twin)")
+    return 0
+
+
 def cmd_superlink_stop(args: argparse.Namespace) -> int:
     from fedprofile.server.local_superlink import stop_managed_superlink
 
@@ -449,6 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = ledger_sub.add_parser("verify", help="check the hash chain and signatures")
     _ledger_opts(p)
     p.set_defaults(func=cmd_ledger_verify)
+
+    audit = sub.add_parser("audit", help="compliance audit of privacy spends and controls")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    p = audit_sub.add_parser("report", help="write audit-report.html (self-contained) and .json")
+    _ledger_opts(p)
+    p.add_argument("--silos-dir", help="silos whose key versions to list "
+                   "(default: <workspace>/silos)")
+    p.add_argument("--out", default=".", help="output directory (default: here)")
+    p.set_defaults(func=cmd_audit_report)
 
     link = sub.add_parser("superlink", help="Flower's managed local SuperLink (used by `flwr run .`)")
     link_sub = link.add_subparsers(dest="superlink_command", required=True)

@@ -78,7 +78,8 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
                     delta=float(plan["delta"]), mechanism=MECHANISM,
                     params={"noise_multiplier": float(plan["noise-multiplier"]),
                             "sample_rate": float(plan["sample-rate"]),
-                            "steps": int(plan["steps"]), "clip_norm": cfg.dp_clip_norm},
+                            "steps": int(plan["steps"]), "clip_norm": cfg.dp_clip_norm,
+                            "customers": int(plan["customers"])},
                     privacy_unit=PRIVACY_UNIT, model_id=model_id, operator=operator,
                     n_records=int(plan["customers"]))
                 log(INFO, "fedprofile: budget reserved for %s: epsilon %.3f (%s, cap remaining "
@@ -93,14 +94,15 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
         finally:
             for silo, reservation in budget.reservations.items():
                 if silo in budget.spent:
-                    _settle(ledger, reservation, budget.spent[silo], operator)
+                    _settle(ledger, reservation, budget.spent[silo], operator,
+                            customers=int(plans[silo]["customers"]))
                 else:
                     ledger.release(reservation, "the silo did not train in this run",
                                    operator=operator)
 
 
 def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],
-            operator: str) -> None:
+            operator: str, customers: int) -> None:
     # Recompute from the reported mechanism (every round runs the same one, so
     # the whole run is one step count), so the ledger does not rest on the
     # silo's arithmetic alone; charge the larger of the two.
@@ -110,4 +112,5 @@ def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],
     ledger.settle(reservation, by_accountant,
                   params={"noise_multiplier": spent["noise-multiplier"],
                           "sample_rate": spent["sample-rate"], "steps": int(spent["steps"]),
-                          "clip_norm": spent["clip-norm"]}, operator=operator)
+                          "clip_norm": spent["clip-norm"], "customers": customers},
+                  operator=operator)
