@@ -117,6 +117,7 @@ def evaluation_record(evaluation: BinaryEvaluation) -> MetricRecord:
     return MetricRecord(
         {
             "num-examples": evaluation.examples,
+            "silo-weight": 1.0,  # the strategy's weight key under server-side DP
             "positives": evaluation.positives,
             "auc": evaluation.auc,
             "log-loss": evaluation.log_loss,
@@ -226,6 +227,7 @@ def train(msg: Message, context: Context) -> Message:
             "metrics": MetricRecord(
                 {
                     "num-examples": len(data.train),
+                    "silo-weight": 1.0,  # for uniform averaging (server-side DP)
                     "train-loss": stats.mean_loss,
                     "samples-per-second": stats.samples_per_second,
                     "train-seconds": stats.seconds,

@@ -67,6 +67,9 @@ class TrainConfig:
     purpose: str = "propensity-training"
     ledger: str = ""
     ledger_key_file: str = ""
+    server_dp: bool = False
+    server_dp_noise_multiplier: float = 1.0
+    server_dp_clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
@@ -95,7 +98,8 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_key(name)} must be one of {', '.join(allowed)}, "
                                   f"got {getattr(self, name)!r}")
-        for name in ("dp_noise_multiplier", "dp_clip_norm"):
+        for name in ("dp_noise_multiplier", "dp_clip_norm", "server_dp_noise_multiplier",
+                     "server_dp_clip_norm"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_key(name)} must be > 0, got {getattr(self, name)!r}")
         if not self.dp_target_epsilon >= 0 or self.dp_target_epsilon != self.dp_target_epsilon:
@@ -103,6 +107,10 @@ class TrainConfig:
                               f"got {self.dp_target_epsilon!r}")
         if not 0 < self.dp_delta < 1:
             raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta!r}")
+        from fedprofile.privacy.ledger import PURPOSES
+
+        if self.purpose not in PURPOSES:
+            raise ConfigError(f"unknown purpose {self.purpose!r}; known: {', '.join(sorted(PURPOSES))}")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
 

@@ -19,6 +19,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from fedprofile import __version__
 from fedprofile.client.features import FEATURE_NAMES, N_FEATURES
@@ -28,7 +29,7 @@ from fedprofile.models.propensity import build_model
 from fedprofile.simulations.plots import plot_auc_by_round
 
 from .evaluation import decode_reply, summarise
-from .budget import charged
+from .budget import charged, charged_server_dp
 from .psi import run_psi
 from .strategy import SiloFedAvg
 
@@ -83,12 +84,17 @@ PSI_FILE = "psi.json"
 
 def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]:
     """What the run cost each silo in privacy (cumulative over its rounds)."""
+    server = ({"mechanism": "dp-fedavg-server (Flower's server-side fixed clipping)",
+               "privacy_unit": "silo (a whole silo's update)",
+               "noise_multiplier": cfg.server_dp_noise_multiplier,
+               "clip_norm": cfg.server_dp_clip_norm} if cfg.server_dp else None)
     if not cfg.dp:
-        return {"dp": False, "note": "trained without differential privacy"}
+        return {"dp": False, "server_dp": server,
+                "note": "no customer-level DP-SGD in the silos"}
     last: dict[str, dict[str, float]] = {}
     for record in strategy.history:
         last.update(record.privacy)
-    return {"dp": True, "mechanism": "dp-sgd (Opacus, Poisson sampling)",
+    return {"dp": True, "server_dp": server, "mechanism": "dp-sgd (Opacus, Poisson sampling)",
             "privacy_unit": "customer (one training example per customer per silo)",
             "purpose": cfg.purpose, "delta": cfg.dp_delta, "silos": last}
 
@@ -119,13 +125,23 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         min_train_nodes=cfg.min_silos,
         min_evaluate_nodes=cfg.min_silos,
         min_available_nodes=cfg.min_silos,
+        # Server-side DP's noise scale assumes a uniform average of the clipped updates.
+        weighted_by_key="silo-weight" if cfg.server_dp else "num-examples",
     )
+    runner: Strategy = strategy
     config = client_config(cfg)
     with ExitStack() as stack:
         budget = (stack.enter_context(charged(grid, cfg, config, str(context.run_id), run_dir.name))
                   if cfg.dp else None)
+        server_dp = None
+        if cfg.server_dp:
+            n_silos = len(list(grid.get_node_ids()))
+            server_dp = stack.enter_context(
+                charged_server_dp(cfg, str(context.run_id), run_dir.name, n_silos))
+            runner = DifferentialPrivacyServerSideFixedClipping(
+                strategy, cfg.server_dp_noise_multiplier, cfg.server_dp_clip_norm, n_silos)
         try:
-            result = strategy.start(
+            result = runner.start(
                 grid=grid,
                 initial_arrays=initial,
                 num_rounds=cfg.num_server_rounds,
@@ -134,6 +150,8 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
                 evaluate_config=config,
             )
         finally:
+            if server_dp is not None:
+                server_dp["rounds"] = sum(1 for r in strategy.history if r.trained)
             if budget is not None:  # charge what each silo actually spent
                 budget.spent = privacy_summary(cfg, strategy)["silos"]  # type: ignore[assignment]
     if not strategy.history or not strategy.history[-1].evaluation:

@@ -114,3 +114,45 @@ def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],
                           "sample_rate": spent["sample-rate"], "steps": int(spent["steps"]),
                           "clip_norm": spent["clip-norm"], "customers": customers},
                   operator=operator)
+
+
+SERVER_DP_SILO = "federation"
+"""Ledger name for the server-side guarantee, which protects a whole silo's contribution."""
+
+
+@contextmanager
+def charged_server_dp(cfg: TrainConfig, run_id: str, model_id: str, n_silos: int
+                      ) -> Iterator[dict[str, int]]:
+    """Reserve the server-side DP-FedAvg guarantee; settle with the rounds that ran.
+
+    Every silo takes part in every round (no sampling amplification), so the
+    mechanism is a Gaussian one composed over rounds with sample rate 1; its
+    unit is the silo, a different guarantee from the customer-level DP-SGD.
+    """
+    path, key_file = ledger_paths(cfg)
+    if not path.is_file():
+        raise ConfigError(f"server-side DP runs are charged to the privacy-budget ledger, and "
+                          f"there is none at {path}: create it with `fedprofile ledger init`")
+    delta = cfg.dp_delta
+    sigma = cfg.server_dp_noise_multiplier
+    params = {"noise_multiplier": sigma, "sample_rate": 1.0, "clip_norm": cfg.server_dp_clip_norm,
+              "silos": n_silos, "aggregation": "uniform FedAvg"}
+    planned = epsilon([MechanismStep(sigma, 1.0, cfg.num_server_rounds)], delta, "rdp")
+    operator = getpass.getuser()
+    progress = {"rounds": 0}
+    with Ledger.open(path, ledger_key_from_file(key_file)) as ledger:
+        reservation = ledger.reserve(
+            run_id=run_id, silo=SERVER_DP_SILO, purpose=cfg.purpose, epsilon_planned=planned,
+            delta=delta, mechanism="dp-fedavg-server",
+            params={**params, "steps": cfg.num_server_rounds}, privacy_unit="silo",
+            model_id=model_id, operator=operator)
+        try:
+            yield progress
+        finally:
+            if progress["rounds"] == 0:
+                ledger.release(reservation, "no round ran", operator=operator)
+            else:
+                ran = [MechanismStep(sigma, 1.0, progress["rounds"])]
+                ledger.settle(reservation, {"rdp": epsilon(ran, delta, "rdp"),
+                                            "prv": epsilon(ran, delta, "prv")},
+                              params={**params, "steps": progress["rounds"]}, operator=operator)

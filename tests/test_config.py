@@ -42,6 +42,10 @@ def test_from_mapping_coerces_cli_strings() -> None:
     ({"batch-size": "many"}, "batch-size must be an integer"),
     ({"silo-alone": "perhaps"}, "silo-alone must be true or false"),
     ({"num-rounds": 3}, "unknown setting 'num-rounds'"),
+    ({"purpose": "upselling"}, "unknown purpose 'upselling'"),
+    ({"dp-delta": 1.0}, "dp-delta must be in"),
+    ({"dp-noise-multiplier": 0.0}, "dp-noise-multiplier must be > 0"),
+    ({"dp-target-epsilon": -1.0}, "dp-target-epsilon must be > 0"),
 ])
 def test_bad_values_fail_clearly(values: dict[str, object], text: str) -> None:
     with pytest.raises(ConfigError, match=text):

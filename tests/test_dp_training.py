@@ -112,3 +112,24 @@ def test_delta_must_be_below_one_over_n(silos_dir: Path, tmp_path: Path) -> None
         run_training(cfg, progress=shown.append)
     log = next(tmp_path.rglob("flower.log")).read_text()
     assert "is not below 1/N" in log
+
+
+def test_server_side_dp_fedavg_is_a_separate_ledgered_guarantee(silos_dir: Path,
+                                                                tmp_path: Path) -> None:
+    ledger_path = _ledger(tmp_path, {})
+    with _open(ledger_path) as ledger:
+        ledger.set_cap("federation", "propensity-training", 100.0, 1e-3)
+    cfg = TrainConfig(num_server_rounds=3, silos_dir=str(silos_dir), workspace=str(tmp_path),
+                      server_dp=True, server_dp_noise_multiplier=0.5, server_dp_clip_norm=5.0,
+                      dp_delta=1e-4, silo_alone=False)
+    metrics = run_training(cfg, progress=lambda _m: None).metrics
+    assert metrics["privacy"]["server_dp"]["privacy_unit"].startswith("silo")
+    with _open(ledger_path) as ledger:
+        assert ledger.verify().ok
+        (entry,) = list(ledger.entries(status="spent"))
+        assert (entry.silo, entry.mechanism, entry.privacy_unit) == (
+            "federation", "dp-fedavg-server", "silo")
+        expected = epsilon([MechanismStep(0.5, 1.0, 3)], 1e-4, "rdp")
+        assert entry.epsilon == pytest.approx(max(expected, entry.epsilon_by_accountant["prv"]))
+        assert entry.params["steps"] == 3 and entry.params["aggregation"] == "uniform FedAvg"
+    assert metrics["federated"]["overall"]["auc"] == metrics["federated"]["overall"]["auc"]  # not NaN
