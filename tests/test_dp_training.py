@@ -133,3 +133,36 @@ def test_server_side_dp_fedavg_is_a_separate_ledgered_guarantee(silos_dir: Path,
         assert entry.epsilon == pytest.approx(max(expected, entry.epsilon_by_accountant["prv"]))
         assert entry.params["steps"] == 3 and entry.params["aggregation"] == "uniform FedAvg"
     assert metrics["federated"]["overall"]["auc"] == metrics["federated"]["overall"]["auc"]  # not NaN
+
+
+def test_two_concurrent_runs_cannot_overspend(silos_dir: Path, tmp_path: Path) -> None:
+    """Two real DP runs race for a budget that fits one: exactly one trains."""
+    import threading
+
+    from fedprofile.server.local_superlink import SimulationError
+
+    caps = {s: 1.0 for s in SILOS}
+    ledger_path = _ledger(tmp_path, caps)
+    outcomes: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        cfg = TrainConfig(num_server_rounds=1, silos_dir=str(silos_dir), workspace=str(tmp_path),
+                          dp=True, dp_target_epsilon=0.7, dp_delta=1e-4,
+                          run_dir=str(tmp_path / name))
+        try:
+            run_training(cfg, progress=lambda _m: None, oracle=False)
+            outcomes[name] = "trained"
+        except SimulationError:
+            outcomes[name] = "refused"
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert sorted(outcomes.values()) == ["refused", "trained"], outcomes
+    with _open(ledger_path) as ledger:
+        assert ledger.verify().ok
+        for silo in SILOS:
+            assert 0 < ledger.spent(silo, "propensity-training") <= caps[silo] + 1e-9
+        assert len(list(ledger.entries(status="spent"))) == 3
