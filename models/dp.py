@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from .training import TrainParams, TrainStats
+from .training import TrainParams, TrainStats, make_loader
 
 GRAD_SAMPLE_MODE = "ew"
 """Opacus per-sample-gradient mode: expanded weights was fastest for this MLP at
@@ -74,13 +73,8 @@ def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: Train
     """Train ``model`` in place with DP-SGD; one row of ``x`` is one customer."""
     from opacus import PrivacyEngine
 
-    if len(x) == 0:
-        raise ValueError("no training examples")
-    torch.manual_seed(params.seed)
-    data = TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                         torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
-    gen = torch.Generator().manual_seed(params.seed)
-    loader = DataLoader(data, batch_size=params.batch_size, shuffle=True, generator=gen)
+    loader = make_loader(x, y, params)
+    n = len(loader.dataset)  # type: ignore[arg-type]
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: the noise comes from torch's PRNG,
@@ -120,7 +114,7 @@ def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: Train
         raise RuntimeError(f"DP accounting mismatch: {steps} steps run, {recorded} recorded "
                            f"at sample rates {sorted(rates)}")
     q = rates.pop()
-    if abs(q - sample_rate(params.batch_size, len(data))) > 1e-12:
+    if abs(q - sample_rate(params.batch_size, n)) > 1e-12:
         raise RuntimeError(f"unexpected Opacus sample rate {q}")
     if hasattr(private_model, "remove_hooks"):  # leave the caller's module without Opacus hooks
         private_model.remove_hooks()

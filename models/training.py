@@ -47,15 +47,20 @@ class TrainStats:
         return self.examples / self.seconds if self.seconds > 0 else float("inf")
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams) -> TrainStats:
-    """Train ``model`` in place on (x, y) with Adam and binary cross-entropy."""
+def make_loader(x: np.ndarray, y: np.ndarray, params: TrainParams) -> DataLoader:
+    """A seeded, shuffled loader over (x, y): the same for plain and DP training."""
     if len(x) == 0:
         raise ValueError("no training examples")
     torch.manual_seed(params.seed)
     data = TensorDataset(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                          torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)))
     gen = torch.Generator().manual_seed(params.seed)
-    loader = DataLoader(data, batch_size=params.batch_size, shuffle=True, generator=gen)
+    return DataLoader(data, batch_size=params.batch_size, shuffle=True, generator=gen)
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams) -> TrainStats:
+    """Train ``model`` in place on (x, y) with Adam and binary cross-entropy."""
+    loader = make_loader(x, y, params)
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
