@@ -249,12 +249,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ledger(args: argparse.Namespace, create: bool = False):  # -> Ledger
-    from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
+def _ledger_key(args: argparse.Namespace) -> tuple[Path, bytes]:
+    """The ledger path and its key (from --key-file, or ledger.key beside the ledger)."""
+    from fedprofile.privacy.ledger import default_key_file, ledger_key_from_file
 
     path = Path(args.ledger).expanduser()
-    key_file = Path(args.key_file).expanduser() if args.key_file else path.with_name("ledger.key")
-    key = ledger_key_from_file(key_file)
+    key_file = Path(args.key_file).expanduser() if args.key_file else default_key_file(path)
+    return path, ledger_key_from_file(key_file)
+
+
+def _ledger(args: argparse.Namespace, create: bool = False):  # -> Ledger
+    from fedprofile.privacy.ledger import Ledger
+
+    path, key = _ledger_key(args)
     return Ledger.create(path, key) if create else Ledger.open(path, key)
 
 
@@ -308,13 +315,10 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
     from fedprofile.privacy.audit import write_report
-    from fedprofile.privacy.ledger import ledger_key_from_file
 
-    path = Path(args.ledger).expanduser()
-    key_file = Path(args.key_file).expanduser() if args.key_file else path.with_name("ledger.key")
+    path, key = _ledger_key(args)
     silos = Path(args.silos_dir).expanduser() if args.silos_dir else default_workspace() / "silos"
-    html_path, json_path = write_report(path, ledger_key_from_file(key_file),
-                                        Path(args.out).expanduser(), silos)
+    html_path, json_path = write_report(path, key, Path(args.out).expanduser(), silos)
     _progress(f"audit report: {html_path} (self-contained HTML) and {json_path} (JSON twin)")
     return 0
 

@@ -158,10 +158,7 @@ def _check_leaks(workspace: Path, silos: list[Path], key_file: str, cfg: TrainCo
     needles = Needles()
     replies = 0
     for silo in silos:
-        one = silo_needles(silo, key_file, cfg.horizon_days, cfg.as_of)
-        needles.texts.update(one.texts)
-        needles.rows |= one.rows
-        needles.width = one.width
+        needles.merge(silo_needles(silo, key_file, cfg.horizon_days, cfg.as_of))
         log = silo / "leak-guard.log"
         replies += len(log.read_text().splitlines()) if log.exists() else 0
     exclude = [workspace / "silos", platform_dir]

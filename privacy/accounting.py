@@ -76,18 +76,19 @@ STATE_VERSION = 1
 # validation helpers
 
 
-def _real(name: str, value: Any) -> float:
-    """``value`` as a finite float, or a ValueError naming ``name``."""
+def finite_real(name: str, value: Any, error: type[ValueError] = ValueError) -> float:
+    """``value`` as a finite float, or ``error`` naming ``name`` (bools are not numbers)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise error(f"{name} must be a real number, got {value!r}")
     out = float(value)
     if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise error(f"{name} must be finite, got {value!r}")
     return out
 
 
+
 def _check_delta(delta: Any) -> float:
-    d = _real("delta", delta)
+    d = finite_real("delta", delta)
     if not 0.0 < d < 1.0:
         raise ValueError(f"delta must satisfy 0 < delta < 1, got {delta!r}")
     return d
@@ -100,7 +101,7 @@ def _check_accountant(accountant: Any) -> str:
 
 
 def _check_eps_error(eps_error: Any) -> float:
-    e = _real("eps_error", eps_error)
+    e = finite_real("eps_error", eps_error)
     if not e > 0.0:
         raise ValueError(f"eps_error must be > 0, got {eps_error!r}")
     return e
@@ -142,10 +143,10 @@ class MechanismStep:
     steps: int
 
     def __post_init__(self) -> None:
-        sigma = _real("noise_multiplier", self.noise_multiplier)
+        sigma = finite_real("noise_multiplier", self.noise_multiplier)
         if not sigma > 0.0:
             raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier!r}")
-        q = _real("sample_rate", self.sample_rate)
+        q = finite_real("sample_rate", self.sample_rate)
         if not 0.0 < q <= 1.0:
             raise ValueError(f"sample_rate must satisfy 0 < sample_rate <= 1, got {self.sample_rate!r}")
         steps = _check_count("steps", self.steps)
@@ -325,7 +326,7 @@ def epsilon(history: Sequence[MechanismStep], delta: float, accountant: Accounta
     steps = _opacus_history(history)
     if accountant == "rdp":
         if orders is not None:
-            orders = [_real("orders[i]", a) for a in orders]
+            orders = [finite_real("orders[i]", a) for a in orders]
             if not orders or min(orders) <= 1.0:
                 raise ValueError("orders must be a non-empty list of RDP orders > 1")
         if not steps:
@@ -363,7 +364,7 @@ def prv_epsilon_bounds(history: Sequence[MechanismStep], delta: float, *,
     if delta_error is None:
         d_err = d / 1000
     else:
-        d_err = _real("delta_error", delta_error)
+        d_err = finite_real("delta_error", delta_error)
         if not 0.0 < d_err < d:
             raise ValueError(f"delta_error must satisfy 0 < delta_error < delta, got {delta_error!r}")
     steps = _opacus_history(history)
@@ -391,13 +392,13 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, st
     ``target_epsilon - epsilon_tolerance < epsilon(sigma) <= target_epsilon``
     under the chosen accountant (for PRV, under its upper bound).
     """
-    target = _real("target_epsilon", target_epsilon)
+    target = finite_real("target_epsilon", target_epsilon)
     if not target > 0.0:
         raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
     d = _check_delta(delta)
     _check_accountant(accountant)
     step = MechanismStep(1.0, sample_rate, steps)  # validates sample_rate and steps
-    tol = _real("epsilon_tolerance", epsilon_tolerance)
+    tol = finite_real("epsilon_tolerance", epsilon_tolerance)
     if not tol > 0.0:
         raise ValueError(f"epsilon_tolerance must be > 0, got {epsilon_tolerance!r}")
     kwargs: dict[str, Any] = {}

@@ -77,6 +77,12 @@ class Needles:
             if len(form) >= 5:  # shorter strings would match by chance
                 self.texts[form.encode()] = kind
 
+    def merge(self, other: Needles) -> None:
+        """Add another silo's needles (to check files that several silos' runs wrote)."""
+        self.texts.update(other.texts)
+        self.rows |= other.rows
+        self.width = other.width or self.width
+
     def add_rows(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim == 2 and rows.size:

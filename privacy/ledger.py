@@ -65,6 +65,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedprofile.privacy.accounting import finite_real
 from fedprofile.privacy.keys import KeyringError, Secret
 from fedprofile.privacy.sealed import TamperError, _fsync_dir, _place_exclusively
 
@@ -431,6 +432,11 @@ def _check_key(key: Any) -> bytes:
     return key
 
 
+def default_key_file(ledger_path: Path) -> Path:
+    """Where a ledger's key file is unless told otherwise: ``ledger.key`` beside it."""
+    return Path(ledger_path).with_name("ledger.key")
+
+
 def ledger_key_from_file(path: Path | str) -> bytes:
     """The 32-byte ledger key derived from a fedprofile key file.
 
@@ -479,12 +485,7 @@ def _text(value: Any, what: str) -> str:
 
 
 def _real(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise LedgerInputError(f"{what} must be a number, got a {type(value).__name__}")
-    x = float(value)
-    if not math.isfinite(x):
-        raise LedgerInputError(f"{what} must be a finite number, got {x}")
-    return x
+    return finite_real(what, value, LedgerInputError)
 
 
 def _epsilon(value: Any, what: str = "epsilon") -> float:

@@ -24,7 +24,8 @@ from flwr.serverapp import Grid
 
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.privacy.accounting import MechanismStep, epsilon
-from fedprofile.privacy.ledger import Ledger, Reservation, ledger_key_from_file
+from fedprofile.privacy.ledger import (Ledger, Reservation, default_key_file,
+                                       ledger_key_from_file)
 
 MECHANISM = "dp-sgd"
 PRIVACY_UNIT = "customer"
@@ -42,7 +43,7 @@ class Budget:
 
 def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     ledger = Path(cfg.ledger).expanduser() if cfg.ledger else cfg.workspace_path / "ledger" / "privacy-ledger.sqlite"
-    key = Path(cfg.ledger_key_file).expanduser() if cfg.ledger_key_file else ledger.with_name("ledger.key")
+    key = Path(cfg.ledger_key_file).expanduser() if cfg.ledger_key_file else default_key_file(ledger)
     return ledger, key
 
 
