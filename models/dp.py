@@ -71,7 +71,9 @@ def sample_rate(batch_size: int, n: int) -> float:
 def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams,
                    dp: DPParams) -> DPTrainStats:
     """Train ``model`` in place with DP-SGD; one row of ``x`` is one customer."""
-    from opacus import PrivacyEngine
+    from fedprofile.privacy._opacus import opacus
+
+    PrivacyEngine = opacus.PrivacyEngine
 
     loader = make_loader(x, y, params)
     n = len(loader.dataset)  # type: ignore[arg-type]

@@ -46,7 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from opacus.accountants import PRVAccountant, RDPAccountant
+from ._opacus import opacus  # noqa: F401  (first: imports Opacus without its logging side effect)
+from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
 from opacus.accountants.utils import get_noise_multiplier
 
 __all__ = [

@@ -355,3 +355,16 @@ def test_functions_are_pure():
         epsilon([MechanismStep(2.0, 0.05, 100)] * 3, 1e-5, "rdp")
         assert epsilon(history, 1e-5, "rdp") == first
     assert history == [MechanismStep(1.0, 0.01, 1000)]
+
+
+def test_importing_fedprofile_leaves_the_root_logger_alone() -> None:
+    """Opacus configures the root logger on import; fedprofile must undo that, or every
+    Flower log line is printed twice and embedding applications get a handler they did
+    not ask for."""
+    import subprocess
+    import sys
+
+    code = ("import logging; import fedprofile.privacy.accounting, fedprofile.models.dp, "
+            "fedprofile.client.app, fedprofile.server.app; print(len(logging.root.handlers))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
