@@ -24,7 +24,8 @@ class StoreError(RuntimeError):
 
 
 STORE_FILENAME = "store.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""v3 added ``interactions`` (generic user-item events); a v2 store is migrated on open."""
 
 # What a silo stores is not what it ingests: raw identifiers are replaced by
 # keyed pseudonyms at ingestion (see fedprofile.privacy.pseudonyms). Customers
@@ -61,6 +62,16 @@ _SCHEMA_SQL = (
         customer_key TEXT PRIMARY KEY REFERENCES customers (customer_key),
         sealed BLOB NOT NULL
     )""",
+    # Generic user-item events (any line's interactions file: purchases, views):
+    # what profiles and the recommender read, next to the orders above.
+    """CREATE TABLE IF NOT EXISTS interactions (
+        customer_key TEXT NOT NULL REFERENCES customers (customer_key),
+        item TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        value REAL,
+        region TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS interactions_by_customer ON interactions (customer_key, ts)",
     """CREATE TABLE IF NOT EXISTS ingestions (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         at TEXT NOT NULL,
@@ -197,11 +208,22 @@ class SiloStore:
             ).fetchone()
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: not a silo store ({err})") from err
+        if row is not None and int(row[0]) == 2:
+            self._migrate_from_v2()
+            return
         if row is None or int(row[0]) != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {row[0] if row else 'missing'}, "
                 f"this fedprofile reads version {SCHEMA_VERSION}"
             )
+
+    def _migrate_from_v2(self) -> None:
+        """v2 -> v3 is additive (a new table), so it is done in place, in one transaction."""
+        with self.transaction() as conn:
+            for stmt in _SCHEMA_SQL:
+                conn.execute(stmt)
+            conn.execute("UPDATE silo_meta SET value=? WHERE key='schema_version'",
+                         (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._conn.close()
@@ -249,7 +271,7 @@ class SiloStore:
     def counts(self) -> dict[str, int]:
         return {
             t: int(self._conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
-            for t in ("customers", "orders", "identities", "ingestions")
+            for t in ("customers", "orders", "interactions", "identities", "ingestions")
         }
 
     def existing_keys(self, table: str, keys: Sequence[str]) -> set[str]:

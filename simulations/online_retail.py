@@ -34,6 +34,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedprofile.client.interactions import Interactions
+
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
            "CustomerID", "Country")
@@ -149,3 +151,13 @@ def load(path: Path = DEFAULT_PATH, limit: int | None = None
     """Read, clean and split the data set (``limit`` rows only, for quick tests)."""
     report = CleaningReport()
     return split_by_region(clean(read_rows(path, limit), report)), report
+
+
+def to_interactions(records: Iterable[Interaction], name: str = "") -> Interactions:
+    """Cleaned lines as the :class:`~fedprofile.client.interactions.Interactions` a silo reads.
+
+    The region of each line is its country: what a regional recommendation groups by.
+    (Used by tests and benchmarks; silos get the same data through ingestion.)
+    """
+    return Interactions.from_records(
+        ((r.user, r.item, r.timestamp, r.value, r.country) for r in records), name=name)

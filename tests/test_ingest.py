@@ -72,7 +72,8 @@ def silo(ingest: Ingest, tmp_path: Path) -> Path:
 
 def test_good_files_load(ingest: Ingest, silo: Path) -> None:
     with SiloStore.open(silo) as store:
-        assert store.counts() == {"customers": 2, "orders": 3, "identities": 2, "ingestions": 1}
+        assert store.counts() == {"customers": 2, "orders": 3, "interactions": 0, "identities": 2,
+                                  "ingestions": 1}
         assert store.name == "flights"
 
 
