@@ -12,26 +12,19 @@ Engine each virtual node's ``partition-id`` picks one silo under ``silos-dir``.
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
                       RecordDict)
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from fedprofile.config import ConfigError, TrainConfig
-from fedprofile.models.dp import (DPParams, DPTrainStats, sample_rate, steps_per_epoch,
-                                  train_local_dp)
+from fedprofile.models.dp import DPParams, train_local_dp
 from fedprofile.models.metrics import BinaryEvaluation
 from fedprofile.models.propensity import build_model
-from fedprofile.models.training import TrainParams, predict_proba, train_local
-
-from fedprofile.privacy.accounting import AccountantState, MechanismStep, epsilon, noise_for_target
+from fedprofile.models.training import predict_proba, train_local
 from fedprofile.privacy.keys import Secret
 from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
@@ -39,30 +32,12 @@ from fedprofile.privacy.silo_keys import read_identity_key
 
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
-from .silos import list_silos
-from .store import STORE_FILENAME, SiloStore
+from .node import (dp_round, dp_sgd_plan, plan_reply, resolve_silo_dir, silo_and_stamp,
+                   train_params)
+from .store import SiloStore
 
 # The leak guard inspects every reply before it leaves, when the run asks for it.
 app = ClientApp(mods=[leak_guard_mod])
-
-
-def resolve_silo_dir(context: Context) -> Path:
-    """The directory of the silo this node serves (see module docstring)."""
-    node = context.node_config
-    if "silo-dir" in node:
-        return Path(str(node["silo-dir"])).expanduser()
-    if "partition-id" in node:
-        cfg = TrainConfig.from_mapping(context.run_config)
-        silos = list_silos(cfg.silos_path)
-        partition, total = int(node["partition-id"]), int(node["num-partitions"])
-        if total != len(silos):
-            raise ConfigError(
-                f"the federation has {total} SuperNodes but {cfg.silos_path} holds "
-                f"{len(silos)} silos ({', '.join(s.name for s in silos)}); run with "
-                f"--federation-config \"num-supernodes={len(silos)}\""
-            )
-        return silos[partition]
-    raise ConfigError("this SuperNode has no silo: start it with --node-config \"silo-dir='...'\"")
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,32 +52,13 @@ def _cached_data(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days
 
 
 def silo_data(context: Context, horizon_days: int, as_of: str) -> SiloData:
-    if "partition-id" in context.node_config:
-        # Simulation: the engine runs one ClientApp worker per core already;
-        # more torch threads per worker only oversubscribe the CPU.
-        torch.set_num_threads(1)
-    silo_dir = resolve_silo_dir(context)
-    store = SiloStore.open(silo_dir)  # checks it exists and is a store
-    store.close()
-    # The store's files' times and sizes (the WAL too: a write may sit there
-    # until a checkpoint) tell whether the cached features are still current.
-    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size)
-                  for p in (silo_dir / STORE_FILENAME, silo_dir / f"{STORE_FILENAME}-wal")
-                  if p.exists())
+    """The propensity features of this node's silo (cached while the store is unchanged)."""
+    silo_dir, stamp = silo_and_stamp(context)
     data = _cached_data(str(silo_dir), stamp, horizon_days, as_of)
     if len(data.train) == 0 or len(data.test) == 0:
         raise ValueError(f"silo {data.name} has no customers to train or test on "
                          f"(train {len(data.train)}, test {len(data.test)})")
     return data
-
-
-def _params(config: ConfigRecord, epochs_key: str = "local-epochs") -> TrainParams:
-    return TrainParams(
-        epochs=int(config[epochs_key]),
-        batch_size=int(config["batch-size"]),
-        learning_rate=float(config["learning-rate"]),
-        seed=int(config["seed"]) + int(config.get("server-round", 0)),
-    )
 
 
 def _model_from(msg: Message):
@@ -128,64 +84,6 @@ def evaluation_record(evaluation: BinaryEvaluation) -> MetricRecord:
     )
 
 
-DP_STATE = "dp-accountant"
-
-
-@dataclass(frozen=True)
-class _DPPlan:
-    noise_multiplier: float
-    sample_rate: float
-    steps_per_round: int
-    delta: float
-    customers: int
-
-
-def _dp_plan(data: SiloData, config: ConfigRecord) -> _DPPlan:
-    """The mechanism this silo will run each round (the same for every round)."""
-    n = len(data.train)
-    delta = float(config["dp-delta"])
-    if delta >= 1.0 / n:
-        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / n:.2e} for silo "
-                         f"{data.name} ({n} customers): a delta that large allows leaking a "
-                         "whole customer with that probability; lower it")
-    batch = int(config["batch-size"])
-    q = sample_rate(batch, n)
-    steps_per_round = int(config["local-epochs"]) * steps_per_epoch(batch, n)
-    sigma = float(config["dp-noise-multiplier"])
-    target = float(config["dp-target-epsilon"])
-    if target > 0:
-        sigma = noise_for_target(target, delta, q,
-                                 steps_per_round * int(config["num-server-rounds"]))
-    return _DPPlan(sigma, q, steps_per_round, delta, n)
-
-
-def _dp_round(model, data: SiloData, config: ConfigRecord, context: Context
-              ) -> tuple[DPTrainStats, dict[str, float]]:
-    """One round of DP-SGD; the accountant's history lives in this node's state.
-
-    The history (one mechanism step per round) makes the epsilon cumulative
-    over the rounds of the run; the ledger makes it cumulative over runs.
-    """
-    plan = _dp_plan(data, config)
-    state = (AccountantState.from_dict(json.loads(str(context.state[DP_STATE]["json"])))
-             if DP_STATE in context.state else AccountantState())
-    stats = train_local_dp(model, data.train.x, data.train.y, _params(config),
-                           DPParams(noise_multiplier=plan.noise_multiplier,
-                                    clip_norm=float(config["dp-clip-norm"])))
-    state.append(MechanismStep(noise_multiplier=plan.noise_multiplier,
-                               sample_rate=stats.sample_rate, steps=stats.steps))
-    context.state[DP_STATE] = ConfigRecord({"json": json.dumps(state.to_dict())})
-    return stats, {
-        "dp-epsilon-rdp": epsilon(state.history, plan.delta, "rdp"),
-        "dp-epsilon-prv": epsilon(state.history, plan.delta, "prv"),
-        "dp-delta": plan.delta,
-        "dp-noise-multiplier": plan.noise_multiplier,
-        "dp-sample-rate": stats.sample_rate,
-        "dp-steps": float(state.total_steps),
-        "dp-clip-norm": float(config["dp-clip-norm"]),
-    }
-
-
 @app.query("dp_plan")
 def dp_plan(msg: Message, context: Context) -> Message:
     """Before training: the epsilon this silo would spend over the whole run.
@@ -195,17 +93,7 @@ def dp_plan(msg: Message, context: Context) -> Message:
     """
     config = msg.content["config"]
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
-    plan = _dp_plan(data, config)
-    total = [MechanismStep(plan.noise_multiplier, plan.sample_rate,
-                           plan.steps_per_round * int(config["num-server-rounds"]))]
-    eps = {acc: epsilon(total, plan.delta, acc) for acc in ("rdp", "prv")}
-    record = ConfigRecord({"name": data.name, "customers": plan.customers,
-                           "noise-multiplier": plan.noise_multiplier,
-                           "sample-rate": plan.sample_rate,
-                           "steps": plan.steps_per_round * int(config["num-server-rounds"]),
-                           "delta": plan.delta, "epsilon-rdp": eps["rdp"],
-                           "epsilon-prv": eps["prv"]})
-    return Message(content=RecordDict({"plan": record}), reply_to=msg)
+    return plan_reply(dp_sgd_plan(data.name, len(data.train), config), msg)
 
 
 @app.train()
@@ -215,9 +103,12 @@ def train(msg: Message, context: Context) -> Message:
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
     privacy: dict[str, float] = {}
     if bool(config.get("dp", False)):
-        stats, privacy = _dp_round(model, data, config, context)
+        plan = dp_sgd_plan(data.name, len(data.train), config)
+        stats, privacy = dp_round(plan, config, context, lambda sigma, clip: train_local_dp(
+            model, data.train.x, data.train.y, train_params(config),
+            DPParams(noise_multiplier=sigma, clip_norm=clip)))
     else:
-        stats = train_local(model, data.train.x, data.train.y, _params(config))
+        stats = train_local(model, data.train.x, data.train.y, train_params(config))
     log(INFO, "silo %s: trained on %d customers (%.0f samples/s)%s", data.name,
         len(data.train), stats.samples_per_second,
         f", epsilon so far {privacy['dp-epsilon-rdp']:.2f} (RDP)" if privacy else "")
@@ -261,7 +152,7 @@ def silo_alone(msg: Message, context: Context) -> Message:
     """
     model, config = _model_from(msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
-    train_local(model, data.train.x, data.train.y, _params(config, "total-epochs"))
+    train_local(model, data.train.x, data.train.y, train_params(config, "total-epochs"))
     evaluation = BinaryEvaluation.of(data.test.y, predict_proba(model, data.test.x))
     content = RecordDict(
         {"metrics": evaluation_record(evaluation), "silo": ConfigRecord({"name": data.name})}

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 ENV_HOME = "FEDPROFILE_HOME"
-JOBS = ("train", "psi")
+JOBS = ("train", "psi", "segment")
+MODELS = ("propensity", "recommender")
+DEFAULT_PURPOSE = {"propensity": "propensity-training", "recommender": "recommendation-training"}
 PSI_MODES = ("intersection", "cardinality")
 PSI_SELECTIONS = ("all", "international-flyers")
 
@@ -32,7 +34,7 @@ def default_workspace() -> Path:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a federated run needs to know: training, or a PSI job (``job``).
+    """Everything a federated run needs to know: training, a PSI or a segmentation (``job``).
 
     Field names are the run-config keys with ``-`` replaced by ``_``.
     """
@@ -64,7 +66,13 @@ class TrainConfig:
     dp_target_epsilon: float = 0.0
     dp_clip_norm: float = 1.0
     dp_delta: float = 1e-5
-    purpose: str = "propensity-training"
+    purpose: str = ""
+    model: str = "propensity"
+    rec_dim: int = 32
+    rec_min_customers: int = 5
+    segments: int = 6
+    segment_iterations: int = 8
+    segment_k_min: int = 10
     ledger: str = ""
     ledger_key_file: str = ""
     server_dp: bool = False
@@ -73,7 +81,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
-                         "horizon_days", "min_silos")
+                         "horizon_days", "min_silos", "rec_dim", "rec_min_customers",
+                         "segments", "segment_iterations", "segment_k_min")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -93,7 +102,8 @@ class TrainConfig:
                 raise ConfigError(f"as-of must be a date YYYY-MM-DD, got {self.as_of!r}") from None
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        choices = {"job": JOBS, "psi_mode": PSI_MODES, "psi_selection": PSI_SELECTIONS}
+        choices = {"job": JOBS, "psi_mode": PSI_MODES, "psi_selection": PSI_SELECTIONS,
+                   "model": MODELS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{_key(name)} must be one of {', '.join(allowed)}, "
@@ -109,10 +119,17 @@ class TrainConfig:
             raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta!r}")
         from fedprofile.privacy.ledger import PURPOSES
 
-        if self.purpose not in PURPOSES:
+        if self.purpose and self.purpose not in PURPOSES:
             raise ConfigError(f"unknown purpose {self.purpose!r}; known: {', '.join(sorted(PURPOSES))}")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
+
+    @property
+    def effective_purpose(self) -> str:
+        """The ledger purpose this run is charged to: ``purpose``, else the job's own."""
+        if self.purpose:
+            return self.purpose
+        return "segmentation" if self.job == "segment" else DEFAULT_PURPOSE[self.model]
 
     # -- conversions -------------------------------------------------------
     @classmethod

@@ -198,7 +198,7 @@ def leak_guard_mod(msg, context, call_next):  # type: ignore[no-untyped-def]
     reply = call_next(msg, context)
     if not context.run_config.get("leak-guard"):
         return reply
-    from fedprofile.client.app import resolve_silo_dir
+    from fedprofile.client.node import resolve_silo_dir
 
     silo_dir = resolve_silo_dir(context)
     key_file = str(context.node_config.get("key-file") or context.run_config.get("key-file") or "")

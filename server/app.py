@@ -96,7 +96,7 @@ def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]
         last.update(record.privacy)
     return {"dp": True, "server_dp": server, "mechanism": "dp-sgd (Opacus, Poisson sampling)",
             "privacy_unit": "customer (one training example per customer per silo)",
-            "purpose": cfg.purpose, "delta": cfg.dp_delta, "silos": last}
+            "purpose": cfg.effective_purpose, "delta": cfg.dp_delta, "silos": last}
 
 
 @app.main()

@@ -75,7 +75,7 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
             for silo, plan in sorted(plans.items()):
                 planned = max(float(plan["epsilon-rdp"]), float(plan["epsilon-prv"]))
                 budget.reservations[silo] = ledger.reserve(
-                    run_id=run_id, silo=silo, purpose=cfg.purpose, epsilon_planned=planned,
+                    run_id=run_id, silo=silo, purpose=cfg.effective_purpose, epsilon_planned=planned,
                     delta=float(plan["delta"]), mechanism=MECHANISM,
                     params={"noise_multiplier": float(plan["noise-multiplier"]),
                             "sample_rate": float(plan["sample-rate"]),
@@ -84,7 +84,7 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
                     privacy_unit=PRIVACY_UNIT, model_id=model_id, operator=operator,
                     n_records=int(plan["customers"]))
                 log(INFO, "fedprofile: budget reserved for %s: epsilon %.3f (%s, cap remaining "
-                    "%.3f)", silo, planned, cfg.purpose, ledger.remaining(silo, cfg.purpose))
+                    "%.3f)", silo, planned, cfg.effective_purpose, ledger.remaining(silo, cfg.effective_purpose))
         except BaseException:
             for reservation in budget.reservations.values():
                 ledger.release(reservation, "run refused before training: another silo's "
@@ -143,7 +143,7 @@ def charged_server_dp(cfg: TrainConfig, run_id: str, model_id: str, n_silos: int
     progress = {"rounds": 0}
     with Ledger.open(path, ledger_key_from_file(key_file)) as ledger:
         reservation = ledger.reserve(
-            run_id=run_id, silo=SERVER_DP_SILO, purpose=cfg.purpose, epsilon_planned=planned,
+            run_id=run_id, silo=SERVER_DP_SILO, purpose=cfg.effective_purpose, epsilon_planned=planned,
             delta=delta, mechanism="dp-fedavg-server",
             params={**params, "steps": cfg.num_server_rounds}, privacy_unit="silo",
             model_id=model_id, operator=operator)

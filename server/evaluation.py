@@ -7,7 +7,7 @@ running. The overall AUC is computed from the silos' summed score histograms
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +52,39 @@ def summarise(evaluations: Sequence[SiloEvaluation]) -> dict[str, object]:
     }
 
 
-def aggregate_evaluate_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Flower ``evaluate_metrics_aggr_fn``: overall metrics plus ``<metric>/<silo>`` keys."""
-    del weight_key  # pooled metrics weight by examples through the histograms
-    summary = summarise([decode_reply(c) for c in contents])
-    overall = summary["overall"]
-    record = MetricRecord({"auc": overall["auc"], "log-loss": overall["log_loss"],
-                           "num-examples": int(overall["examples"])})
-    for silo, values in summary["silos"].items():  # type: ignore[union-attr]
-        record[f"auc/{silo}"] = values["auc"]
-        record[f"log-loss/{silo}"] = values["log_loss"]
-    return record
+@dataclass(frozen=True)
+class Evaluator:
+    """How one kind of model's evaluation replies become overall and per-silo metrics.
+
+    ``summarise`` turns the replies' contents into ``{"overall": {...}, "silos":
+    {name: {...}}}``; ``headline`` names the metric shown in progress lines;
+    ``keys`` are the overall metrics Flower's own aggregate record carries.
+    """
+
+    summarise: Callable[[Sequence[RecordDict]], dict[str, object]]
+    headline: str
+    keys: tuple[str, ...]
+
+    def aggregate(self, contents: list[RecordDict], weight_key: str) -> MetricRecord:
+        """Flower ``evaluate_metrics_aggr_fn``: overall metrics plus ``<metric>/<silo>`` keys."""
+        del weight_key  # each evaluator pools its own sums
+        summary = self.summarise(contents)
+        overall = summary["overall"]
+        record = MetricRecord({k.replace("_", "-"): float(overall[k])  # type: ignore[index]
+                               for k in self.keys})
+        for silo, values in summary["silos"].items():  # type: ignore[union-attr]
+            for k in self.keys:
+                record[f"{k.replace('_', '-')}/{silo}"] = float(values[k])
+        return record
+
+    def format(self, evaluation: dict[str, object]) -> str:
+        """``AUC 0.812 (flights 0.80, hotels 0.79)``: one line for progress output."""
+        overall, silos = evaluation["overall"], evaluation["silos"]
+        label = self.headline.replace("_", "@").upper() if "_" in self.headline else self.headline.upper()
+        parts = [f"{name} {vals[self.headline]:.3f}" for name, vals in silos.items()]  # type: ignore[union-attr]
+        return f"{label} {overall[self.headline]:.3f} (" + ", ".join(parts) + ")"  # type: ignore[index]
+
+
+BINARY = Evaluator(summarise=lambda contents: summarise([decode_reply(c) for c in contents]),
+                   headline="auc", keys=("auc", "log_loss"))
+"""The propensity model's evaluation: AUC and log-loss pooled from score histograms."""

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .evaluation import aggregate_evaluate_metrics, decode_reply, summarise
+from .evaluation import BINARY, Evaluator
 
 
 @dataclass
@@ -39,9 +39,10 @@ class RoundRecord:
 class SiloFedAvg(FedAvg):
     """FedAvg with a per-round, per-silo history in :attr:`history`."""
 
-    def __init__(self, **kwargs: object) -> None:
-        kwargs.setdefault("evaluate_metrics_aggr_fn", aggregate_evaluate_metrics)
+    def __init__(self, evaluator: Evaluator = BINARY, **kwargs: object) -> None:
+        kwargs.setdefault("evaluate_metrics_aggr_fn", evaluator.aggregate)
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.evaluator = evaluator
         self.history: list[RoundRecord] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -76,18 +77,11 @@ class SiloFedAvg(FedAvg):
         ok = [m for m in replies if not m.has_error()]
         record.failures += len(replies) - len(ok)
         if ok:
-            record.evaluation = summarise([decode_reply(m.content) for m in ok])
+            record.evaluation = self.evaluator.summarise([m.content for m in ok])
         result = super().aggregate_evaluate(server_round, replies)
         record.seconds = time.perf_counter() - record.started
         if record.evaluation:
             log(INFO, "fedprofile: round %d: %s (%.1fs)", server_round,
-                format_evaluation(record.evaluation), record.seconds)
+                self.evaluator.format(record.evaluation), record.seconds)
         return result
 
-
-def format_evaluation(evaluation: dict[str, object]) -> str:
-    """``AUC 0.812 (flights 0.80, hotels 0.79)``: one line for progress output."""
-    overall = evaluation["overall"]
-    silos = evaluation["silos"]
-    parts = [f"{name} {vals['auc']:.3f}" for name, vals in silos.items()]  # type: ignore[union-attr]
-    return f"AUC {overall['auc']:.3f} (" + ", ".join(parts) + ")"  # type: ignore[index]
