@@ -26,6 +26,7 @@ class RekeyReport:
     from_version: int
     to_version: int
     customers: int
+    interactions: int = 0  # interaction rows moved to the customers' new keys
 
 
 def rekey(silo_dir: Path, keys: SiloKeys) -> RekeyReport:
@@ -61,6 +62,9 @@ def rekey(silo_dir: Path, keys: SiloKeys) -> RekeyReport:
             )
             conn.execute("UPDATE orders SET customer_key = (SELECT new FROM rekey_map "
                          "WHERE old = orders.customer_key)")
+            moved = conn.execute("UPDATE interactions SET customer_key = m.new "
+                                 "FROM rekey_map AS m "
+                                 "WHERE m.old = interactions.customer_key").rowcount
             conn.execute("UPDATE customers SET customer_key = m.new, phone_pn = m.phone, "
                          "email_pn = m.email, key_version = ? FROM rekey_map AS m "
                          "WHERE m.old = customers.customer_key", (keys.version,))
@@ -68,4 +72,4 @@ def rekey(silo_dir: Path, keys: SiloKeys) -> RekeyReport:
                          "FROM rekey_map AS m WHERE m.old = identities.customer_key")
             conn.execute("DROP TABLE rekey_map")
             store.set_meta(conn, "key_version", str(keys.version))
-        return RekeyReport(Path(silo_dir), old, keys.version, len(rows))
+        return RekeyReport(Path(silo_dir), old, keys.version, len(rows), moved)

@@ -25,7 +25,8 @@ class StoreError(RuntimeError):
 
 STORE_FILENAME = "store.sqlite"
 SCHEMA_VERSION = 3
-"""v3 added ``interactions`` (generic user-item events); a v2 store is migrated on open."""
+"""v3 added ``interactions`` (generic user-item events) and counts them per ingestion;
+a v2 store is migrated on open."""
 
 # What a silo stores is not what it ingests: raw identifiers are replaced by
 # keyed pseudonyms at ingestion (see fedprofile.privacy.pseudonyms). Customers
@@ -79,7 +80,8 @@ _SCHEMA_SQL = (
         sha256 TEXT NOT NULL,
         customers_added INTEGER NOT NULL,
         customers_updated INTEGER NOT NULL,
-        orders_added INTEGER NOT NULL
+        orders_added INTEGER NOT NULL,
+        interactions_added INTEGER NOT NULL DEFAULT 0
     )""",
 )
 
@@ -185,7 +187,8 @@ class SiloStore:
         path = silo_dir / STORE_FILENAME
         if not path.is_file():
             raise StoreError(
-                f"no silo store at {path}: create one with `fedprofile silo ingest`"
+                f"no silo store at {path}: create one with `fedprofile silo ingest` "
+                "or `fedprofile silo ingest-interactions`"
             )
         store = cls(silo_dir, cls._connect(path))
         store._check_version()
@@ -222,6 +225,8 @@ class SiloStore:
         with self.transaction() as conn:
             for stmt in _SCHEMA_SQL:
                 conn.execute(stmt)
+            conn.execute("ALTER TABLE ingestions ADD COLUMN interactions_added INTEGER NOT NULL "
+                         "DEFAULT 0")
             conn.execute("UPDATE silo_meta SET value=? WHERE key='schema_version'",
                          (str(SCHEMA_VERSION),))
 

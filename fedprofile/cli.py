@@ -134,12 +134,21 @@ def cmd_key_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_silo_ingest(args: argparse.Namespace) -> int:
-    from fedprofile.client.ingest import ingest
+def _silo_keys(args: argparse.Namespace, silo_dir: Path, secret=None):  # -> SiloKeys
+    """The keys one silo job uses, from the key options (``secret`` when already unlocked).
+
+    ``--drop-raw-ids``, where the command has it, makes the silo keep no raw identifiers.
+    """
     from fedprofile.privacy.silo_keys import load_silo_keys
 
-    keys = load_silo_keys(_keyring_path(args), _secret(args), Path(args.silo),
-                          keep_raw_ids=not args.drop_raw_ids)
+    return load_silo_keys(_keyring_path(args), secret if secret is not None else _secret(args),
+                          silo_dir, keep_raw_ids=not getattr(args, "drop_raw_ids", False))
+
+
+def cmd_silo_ingest(args: argparse.Namespace) -> int:
+    from fedprofile.client.ingest import ingest
+
+    keys = _silo_keys(args, Path(args.silo))
     report = ingest(Path(args.silo), customers=args.customers, orders=args.orders,
                     silo_name=args.name, keys=keys)
     _progress(f"silo {args.silo}: {report.customers_added:,} customers added, "
@@ -155,16 +164,92 @@ def cmd_silo_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_interactions(silo_dir: Path, report) -> None:  # report: InteractionsReport
+    """One ingestion's counts (never an id), then notes."""
+    _progress(f"silo {silo_dir}: {report.interactions_added:,} interactions added "
+              f"({report.rows_read:,} rows read from {Path(report.source).name}); "
+              f"{report.users_added:,} users added, {report.users_updated:,} updated, "
+              f"{report.users_opted_out:,} of the file's users opted out; identifiers "
+              f"pseudonymised with key domain {report.key_domain!r} v{report.key_version}; "
+              "raw identifiers "
+              + ("sealed in the silo store" if report.raw_ids_kept else "not kept"))
+    if report.ignored_columns:
+        _progress(f"  note: columns not mapped were not stored: "
+                  f"{', '.join(report.ignored_columns)}")
+
+
+def cmd_silo_ingest_interactions(args: argparse.Namespace) -> int:
+    from fedprofile.client.ingest_interactions import ColumnMapping, ingest_interactions
+
+    mapping = ColumnMapping.parse(args.map or [])
+    silo_dir = Path(args.silo_dir)
+    report = ingest_interactions(silo_dir, Path(args.file), mapping,
+                                 keys=_silo_keys(args, silo_dir), silo_name=args.name)
+    _report_interactions(silo_dir, report)
+    return 0
+
+
+def _refuse_populated_silo(silo_dir: Path) -> None:
+    """A silo that already holds data would get every interaction twice: refuse it."""
+    from fedprofile.client.store import STORE_FILENAME, SiloStore
+
+    if not (silo_dir / STORE_FILENAME).is_file():
+        return
+    with SiloStore.open(silo_dir) as store:
+        counts = store.counts()
+    if counts["customers"] or counts["orders"] or counts["interactions"]:
+        raise FileExistsError(
+            f"{silo_dir} already holds a silo store with data ({counts['customers']:,} "
+            f"customers, {counts['interactions']:,} interactions); loading the data set into "
+            "it again would double it: pass a new --silos-dir")
+
+
+def cmd_retail_prepare(args: argparse.Namespace) -> int:
+    from fedprofile.client.ingest_interactions import ColumnMapping, ingest_interactions
+    from fedprofile.simulations.online_retail import (DEFAULT_PATH, REGIONS, SILO_FILE_MAPPING,
+                                                      write_silo_files)
+
+    data = Path(args.data).expanduser() if args.data else DEFAULT_PATH
+    if not data.is_file():
+        raise FileNotFoundError(f"{data}: the UCI Online Retail file is not there; pass --data "
+                                "PATH to online_retail.csv.gz")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of rows, got {args.limit}")
+    silos_dir = Path(args.silos_dir).expanduser()
+    for region in REGIONS:
+        _refuse_populated_silo(silos_dir / region)
+    _keyring_path(args)  # a missing keyring is reported before the work, not after it
+    secret = _secret(args)
+
+    _progress(f"reading and cleaning {data}"
+              + (f" (first {args.limit:,} rows)" if args.limit else "") + " ...")
+    files, cleaning = write_silo_files(silos_dir / "exports", data, args.limit)
+    _progress(f"  {cleaning}")
+    mapping = ColumnMapping(**SILO_FILE_MAPPING)
+    maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
+    for region, path in files.items():
+        silo_dir = silos_dir / region
+        _progress(f"ingesting {path} into {silo_dir} (as `fedprofile silo ingest-interactions "
+                  f"{silo_dir} {path} {maps}`) ...")
+        report = ingest_interactions(silo_dir, path, mapping,
+                                     keys=_silo_keys(args, silo_dir, secret), silo_name=region)
+        _report_interactions(silo_dir, report)
+    for region in REGIONS:
+        if region not in files:
+            _progress(f"  note: no customer left in region {region!r}; no silo written for it")
+    _progress(f"regional silos ready under {silos_dir}")
+    return 0
+
+
 def cmd_silo_rekey(args: argparse.Namespace) -> int:
     from fedprofile.client.rekey import rekey
-    from fedprofile.privacy.silo_keys import load_silo_keys
 
-    keys = load_silo_keys(_keyring_path(args), _secret(args), Path(args.silo))
-    report = rekey(Path(args.silo), keys)
+    report = rekey(Path(args.silo), _silo_keys(args, Path(args.silo)))
     if report.from_version == report.to_version:
         _progress(f"silo {args.silo} already uses key version {report.to_version}")
     else:
-        _progress(f"silo {args.silo}: {report.customers:,} customers re-keyed from version "
+        _progress(f"silo {args.silo}: {report.customers:,} customers (and "
+                  f"{report.interactions:,} interactions) re-keyed from version "
                   f"{report.from_version} to {report.to_version}")
     return 0
 
@@ -352,6 +437,13 @@ def _add_key_options(p: argparse.ArgumentParser) -> None:
                    "$FEDPROFILE_KEY_FILE, else $FEDPROFILE_KEY_PASSPHRASE, else a prompt)")
 
 
+def _add_ingest_key_options(p: argparse.ArgumentParser) -> None:
+    """Key options of every command that writes a silo: the keyring, and the raw-id policy."""
+    _add_key_options(p)
+    p.add_argument("--drop-raw-ids", action="store_true",
+                   help="keep no raw identifiers at all (default: sealed in the silo store)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedprofile",
@@ -401,10 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customers", type=Path, help="customers file (.csv or .parquet)")
     p.add_argument("--orders", type=Path, help="orders file (.csv or .parquet)")
     p.add_argument("--name", help="silo name (default: the directory's name)")
-    _add_key_options(p)
-    p.add_argument("--drop-raw-ids", action="store_true",
-                   help="keep no raw identifiers at all (default: sealed in the silo store)")
+    _add_ingest_key_options(p)
     p.set_defaults(func=cmd_silo_ingest)
+    p = silo_sub.add_parser("ingest-interactions", help="load any user-item interactions file "
+                            "(CSV or Parquet) through a column mapping, all or nothing")
+    p.add_argument("silo_dir", metavar="SILO_DIR", help="the silo's directory (created if missing)")
+    p.add_argument("file", metavar="FILE", help="interactions file (.csv or .parquet)")
+    p.add_argument("--map", action="append", metavar="TARGET=COLUMN",
+                   help="which file column is which field: user, item and timestamp are "
+                   "required; value, region and opt_out optional (repeat the option)")
+    p.add_argument("--name", help="silo name (default: the directory's name)")
+    _add_ingest_key_options(p)
+    p.set_defaults(func=cmd_silo_ingest_interactions)
     p = silo_sub.add_parser("rekey", help="move the silo's pseudonyms to the keyring's active "
                             "version after a rotation")
     p.add_argument("--silo", required=True)
@@ -413,6 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = silo_sub.add_parser("info", help="counts and ingestion history (no customer rows)")
     p.add_argument("--silo", required=True)
     p.set_defaults(func=cmd_silo_info)
+
+    retail = sub.add_parser("retail", help="the real UCI Online Retail data set as regional "
+                            "silos")
+    retail_sub = retail.add_subparsers(dest="retail_command", required=True)
+    p = retail_sub.add_parser("prepare", help="clean the data set, write one interactions file "
+                              "per region and ingest each into its silo (uk, eu, rest)")
+    p.add_argument("--silos-dir", required=True, help="new directory for the regional silos")
+    p.add_argument("--data", help="online_retail.csv.gz (default: "
+                   "../shared/data/online_retail/ beside this checkout)")
+    p.add_argument("--limit", type=int, help="read only the first N rows (quick trials)")
+    _add_ingest_key_options(p)
+    p.set_defaults(func=cmd_retail_prepare)
 
     p = sub.add_parser("train", help="federated training on Flower's Simulation Engine, "
                        "with the centralized oracle and silo-alone baselines")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedprofile.client.interactions import Interactions
+from fedprofile.files import atomic_write_bytes
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
@@ -46,6 +47,12 @@ EU_2011 = frozenset({
     "Italy", "Latvia", "Lithuania", "Luxembourg", "Malta", "Netherlands", "Poland",
     "Portugal", "Romania", "Slovakia", "Slovenia", "Spain", "Sweden",
 })
+REGIONS = ("uk", "eu", "rest")
+SILO_FILE_COLUMNS = ("CustomerID", "StockCode", "InvoiceDate", "Value", "Country")
+"""Columns of the files :func:`write_silo_files` writes: an ordinary interactions export."""
+SILO_FILE_MAPPING = {"user": "CustomerID", "item": "StockCode", "timestamp": "InvoiceDate",
+                     "value": "Value", "region": "Country"}
+"""How those columns map onto an interactions ingestion (``--map user=CustomerID`` ...)."""
 RULES = ("no-customer", "cancellation", "non-positive-quantity", "non-positive-price",
          "non-product", "duplicate")
 
@@ -139,7 +146,7 @@ def split_by_region(interactions: Iterable[Interaction]) -> dict[str, list[Inter
     """Interactions per regional silo; each customer in exactly one silo."""
     ordered = sorted(interactions, key=lambda i: (i.timestamp, i.user, i.item))
     home: dict[str, str] = {}
-    silos: dict[str, list[Interaction]] = {"uk": [], "eu": [], "rest": []}
+    silos: dict[str, list[Interaction]] = {region: [] for region in REGIONS}
     for interaction in ordered:
         region = home.setdefault(interaction.user, region_of(interaction.country))
         silos[region].append(interaction)
@@ -161,3 +168,33 @@ def to_interactions(records: Iterable[Interaction], name: str = "") -> Interacti
     """
     return Interactions.from_records(
         ((r.user, r.item, r.timestamp, r.value, r.country) for r in records), name=name)
+
+
+def write_silo_files(out_dir: Path, path: Path = DEFAULT_PATH, limit: int | None = None
+                     ) -> tuple[dict[str, Path], CleaningReport]:
+    """Clean the data set and write one interactions CSV per regional silo.
+
+    The files look like any line's own interactions export (columns
+    :data:`SILO_FILE_COLUMNS`, InvoiceDate in ISO 8601), so the silos are
+    loaded through :func:`fedprofile.client.ingest_interactions.ingest_interactions`,
+    the same validated path a user's data takes, rather than through a
+    side door. Each file is written atomically (never half a file). A region
+    with no customer left (possible with a small ``limit``) gets no file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the UCI Online Retail file is not there; pass its path "
+                                "(online_retail.csv.gz, see shared/data/online_retail/README.md)")
+    silos, report = load(path, limit)
+    files: dict[str, Path] = {}
+    for region, records in silos.items():
+        if not records:
+            continue
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(SILO_FILE_COLUMNS)
+        writer.writerows((r.user, r.item, r.timestamp.isoformat(), f"{r.value:.2f}", r.country)
+                         for r in records)
+        files[region] = Path(out_dir) / f"online_retail_{region}.csv"
+        atomic_write_bytes(files[region], text.getvalue().encode("utf-8"))
+    return files, report

@@ -277,3 +277,23 @@ def test_parquet_wrong_type_and_corrupt(ingest: Ingest, silo: Path, tmp_path: Pa
     (tmp_path / "broken.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(IngestError, match="not a readable Parquet file"):
         ingest(silo, orders=tmp_path / "broken.parquet")
+
+
+def test_a_v2_store_is_migrated_to_v3_on_open(tmp_path: Path) -> None:
+    """v3 only adds a table and a column, so an existing silo keeps working after an upgrade."""
+    import sqlite3
+
+    from fedprofile.client.store import SCHEMA_VERSION, STORE_FILENAME, SiloStore
+
+    SiloStore.create(tmp_path / "s", name="s").close()
+    conn = sqlite3.connect(tmp_path / "s" / STORE_FILENAME)
+    with conn:  # make it look exactly like a store written by the v2 code
+        conn.execute("DROP TABLE interactions")
+        conn.execute("ALTER TABLE ingestions DROP COLUMN interactions_added")
+        conn.execute("UPDATE silo_meta SET value='2' WHERE key='schema_version'")
+    conn.close()
+    with SiloStore.open(tmp_path / "s") as store:
+        assert store.meta()["schema_version"] == str(SCHEMA_VERSION) == "3"
+        assert store.counts()["interactions"] == 0
+        columns = [r[1] for r in store.execute("PRAGMA table_info(ingestions)")]
+        assert "interactions_added" in columns

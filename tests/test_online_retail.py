@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from fedprofile.simulations.online_retail import (COLUMNS, DEFAULT_PATH, PRODUCT_CODE, RULES,
-                                                  CleaningReport, clean, load, read_rows,
-                                                  region_of, split_by_region)
+                                                  SILO_FILE_COLUMNS, CleaningReport, clean, load,
+                                                  read_rows, region_of, split_by_region,
+                                                  write_silo_files)
 
 HEADER = ",".join(COLUMNS)
 LINES = [
@@ -59,6 +60,29 @@ def test_wrong_file_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text("a,b,c\n1,2,3\n")
     with pytest.raises(ValueError, match="other.csv: expected the columns InvoiceNo"):
         list(read_rows(path))
+
+
+def test_write_silo_files(tmp_path: Path) -> None:
+    files, report = write_silo_files(tmp_path / "out", _write(tmp_path, LINES))
+    assert report.kept == 4 and set(files) == {"uk", "eu", "rest"}
+    assert files["eu"] == tmp_path / "out" / "online_retail_eu.csv"
+    assert files["eu"].read_text().splitlines() == [
+        ",".join(SILO_FILE_COLUMNS),
+        "12583,22728,2010-12-01T08:45:00,90.00,France",
+        "12583,21730,2010-12-02T10:00:00,8.50,United Kingdom",  # the customer's first silo
+    ]
+    assert files["uk"].read_text().splitlines()[1] == (
+        "17850,85123A,2010-12-01T08:26:00,15.30,United Kingdom")
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.suffix != ".csv"], \
+        "no temporary file is left behind"
+
+
+def test_write_silo_files_skips_empty_regions_and_needs_the_file(tmp_path: Path) -> None:
+    files, _ = write_silo_files(tmp_path / "out", _write(tmp_path, LINES[:1]))
+    assert list(files) == ["uk"]
+    with pytest.raises(FileNotFoundError, match="missing.csv.gz: the UCI Online Retail file"):
+        write_silo_files(tmp_path / "out2", tmp_path / "missing.csv.gz")
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.skipif(not DEFAULT_PATH.exists(), reason="shared/data/online_retail is not beside "
