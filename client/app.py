@@ -2,7 +2,10 @@
 
 What leaves the silo, per message, is exactly: model weights, example counts,
 a mean training loss, and evaluation aggregates (AUC, log-loss, and counts of
-positives/negatives per score bin). No customer id, feature row or label does.
+positives/negatives per score bin; for the recommender, metric sums). No
+customer id, feature row or label does. The recommender's and the
+segmentation's handlers live in :mod:`.recommending` and :mod:`.segmenting`;
+this module routes messages to them.
 
 Which silo a ClientApp serves comes from its node: in a deployment the SuperNode
 is started with ``--node-config "silo-dir='/data/flights'"``; in the Simulation
@@ -30,6 +33,7 @@ from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
 from fedprofile.privacy.silo_keys import read_identity_key
 
+from . import recommending, segmenting
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
 from .node import (dp_round, dp_sgd_plan, plan_reply, resolve_silo_dir, silo_and_stamp,
@@ -92,13 +96,36 @@ def dp_plan(msg: Message, context: Context) -> Message:
     before any training starts.
     """
     config = msg.content["config"]
+    if config.get("job") == "segment":
+        return plan_reply(segmenting.plan(config, context), msg, "gaussian-kmeans",
+                          segmenting.CLIP_NORM)
+    if _is_recommender(config):
+        return plan_reply(recommending.plan(config, context), msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
     return plan_reply(dp_sgd_plan(data.name, len(data.train), config), msg)
+
+
+@app.query("segment_stats")
+def segment_stats(msg: Message, context: Context) -> Message:
+    """Federated segmentation: one noisy release of per-cluster sums and counts."""
+    return segmenting.stats_reply(msg, context)
+
+
+def _is_recommender(config: ConfigRecord) -> bool:
+    return config.get("model") == "recommender"
+
+
+@app.query("rec_catalog")
+def rec_catalog(msg: Message, context: Context) -> Message:
+    """Recommender: this silo's catalogue proposal (item codes bought by enough customers)."""
+    return recommending.catalog_reply(msg, context)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One federated round: start from the global weights, train locally, send weights."""
+    if _is_recommender(msg.content["config"]):
+        return recommending.train(msg, context)
     model, config = _model_from(msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
     privacy: dict[str, float] = {}
@@ -134,6 +161,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global model on this silo's out-of-time test snapshot."""
+    if _is_recommender(msg.content["config"]):
+        return recommending.evaluate(msg, context)
     model, config = _model_from(msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
     evaluation = BinaryEvaluation.of(data.test.y, predict_proba(model, data.test.x))
@@ -150,6 +179,8 @@ def silo_alone(msg: Message, context: Context) -> Message:
     It answers "what would this line get without the federation?" and runs
     inside the silo, so it is as private as the federated run itself.
     """
+    if _is_recommender(msg.content["config"]):
+        return recommending.silo_alone(msg, context)
     model, config = _model_from(msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
     train_local(model, data.train.x, data.train.y, train_params(config, "total-epochs"))

@@ -81,6 +81,31 @@ class Interactions:
                             region=self.region[keep], name=self.name)
 
     @classmethod
+    def concat(cls, parts: Sequence[Interactions], name: str = "") -> Interactions:
+        """Several silos' interactions as one (simulation oracles only: this is pooling).
+
+        Users are renamed ``<silo>/<key>`` so that silos' users stay distinct
+        even where two silos share a key domain; the order stays sorted.
+        """
+        users = [np.array([f"{p.name}/{u}" for u in p.users], dtype=object) for p in parts]
+        names = [p.name for p in parts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"silo names must be distinct to pool them, got {names}")
+        order = np.argsort(np.concatenate(users).astype(str), kind="stable") if parts else []
+        all_users = np.concatenate(users)[order] if parts else np.zeros(0, dtype=object)
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        offsets = np.cumsum([0] + [len(u) for u in users])
+        index = np.concatenate([rank[offsets[i] + p.user_index] for i, p in enumerate(parts)])
+        cat = {f: np.concatenate([getattr(p, f) for p in parts])
+               for f in ("item", "timestamp", "value", "region")}
+        rows = np.lexsort((cat["item"].astype(str), cat["timestamp"], index))
+        return cls(users=all_users, opt_out=np.concatenate([p.opt_out for p in parts])[order],
+                   user_index=index[rows], item=cat["item"][rows],
+                   timestamp=cat["timestamp"][rows], value=cat["value"][rows],
+                   region=cat["region"][rows], name=name)
+
+    @classmethod
     def from_records(cls, records: Iterable[Sequence[object]], opted_out: Iterable[str] = (),
                      name: str = "") -> Interactions:
         """Build from ``(user, item, timestamp, value, region)`` tuples (tests, adapters).

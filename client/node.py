@@ -118,7 +118,8 @@ def dp_sgd_plan(name: str, customers: int, config: ConfigRecord) -> DPPlan:
     return DPPlan(name, sigma, q, steps_per_round, delta, n, rounds)
 
 
-def plan_reply(plan: DPPlan, msg: Message, mechanism: str = "dp-sgd") -> Message:
+def plan_reply(plan: DPPlan, msg: Message, mechanism: str = "dp-sgd",
+               clip_norm: float | None = None) -> Message:
     """The ``dp_plan`` answer: what the whole run would cost this silo, before it starts."""
     total = [MechanismStep(plan.noise_multiplier, plan.sample_rate, plan.total_steps)]
     eps = {acc: epsilon(total, plan.delta, acc) for acc in ("rdp", "prv")}
@@ -128,6 +129,8 @@ def plan_reply(plan: DPPlan, msg: Message, mechanism: str = "dp-sgd") -> Message
                            "sample-rate": plan.sample_rate, "steps": plan.total_steps,
                            "delta": plan.delta, "epsilon-rdp": eps["rdp"],
                            "epsilon-prv": eps["prv"]})
+    if clip_norm is not None:
+        record["clip-norm"] = clip_norm
     return Message(content=RecordDict({"plan": record}), reply_to=msg)
 
 

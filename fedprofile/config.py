@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,18 @@ class TrainConfig:
         return {_key(k): v for k, v in asdict(self).items()}
 
     # -- derived paths -----------------------------------------------------
+    PATH_FIELDS = ("workspace", "silos_dir", "run_dir", "key_file", "ledger", "ledger_key_file")
+
+    def resolved(self, run_dir: Path | None = None) -> TrainConfig:
+        """Every path made absolute (and ``run_dir`` set): Flower's processes run elsewhere."""
+        values = {name: str(Path(getattr(self, name)).expanduser().resolve())
+                  for name in self.PATH_FIELDS if getattr(self, name)}
+        values["workspace"] = str(self.workspace_path.resolve())
+        values["silos_dir"] = str(self.silos_path.resolve())
+        if run_dir is not None:
+            values["run_dir"] = str(Path(run_dir).resolve())
+        return replace(self, **values)
+
     @property
     def workspace_path(self) -> Path:
         return Path(self.workspace).expanduser() if self.workspace else default_workspace()

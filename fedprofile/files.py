@@ -29,3 +29,8 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     """Pretty, stable JSON (sorted keys) written atomically."""
     text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8 text written atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))

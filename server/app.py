@@ -12,10 +12,13 @@ from __future__ import annotations
 import io
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 from logging import INFO, WARNING
 
 import torch
+from torch import nn
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -26,18 +29,20 @@ from fedprofile.client.features import FEATURE_NAMES, N_FEATURES
 from fedprofile.config import TrainConfig
 from fedprofile.files import atomic_write_bytes, atomic_write_json
 from fedprofile.models.propensity import build_model
-from fedprofile.simulations.plots import plot_auc_by_round
+from fedprofile.models.recommender import RecommenderModel
+from fedprofile.simulations.plots import plot_file, plot_metric_by_round
 
-from .evaluation import decode_reply, summarise
+from .evaluation import BINARY, RANKING, Evaluator
+from .recommend import collect_catalog
 from .budget import charged, charged_server_dp
 from .psi import run_psi
+from .segment import run_segmentation
 from .strategy import SiloFedAvg
 
 app = ServerApp()
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
-PLOT_FILE = "auc_by_round.png"
 
 
 def client_config(cfg: TrainConfig) -> ConfigRecord:
@@ -63,7 +68,7 @@ def client_config(cfg: TrainConfig) -> ConfigRecord:
 
 
 def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
-                   timeout: float) -> dict[str, object]:
+                   timeout: float, evaluator: Evaluator = BINARY) -> dict[str, object]:
     """Ask every silo to train the same model on its own data only and report."""
     messages = [
         Message(content=RecordDict({"arrays": arrays, "config": config}),
@@ -76,7 +81,7 @@ def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
         if r.has_error():
             log(WARNING, "fedprofile: a silo failed its silo-alone baseline: %s",
                 r.error.reason)
-    return summarise([decode_reply(r.content) for r in ok]) if ok else {}
+    return evaluator.summarise([r.content for r in ok]) if ok else {}
 
 
 PSI_FILE = "psi.json"
@@ -101,25 +106,58 @@ def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the job the run config names: federated training (default) or a PSI."""
+    """Run the job the run config names: federated training (default), a PSI or a segmentation."""
     cfg = TrainConfig.from_mapping(context.run_config)
     run_dir = cfg.run_path(f"flwr-{context.run_id}")
     if cfg.job == "psi":
         result = run_psi(grid, cfg)
         atomic_write_json(run_dir / PSI_FILE, {"flower_run_id": context.run_id, **result})
         return
+    if cfg.job == "segment":
+        run_segmentation(grid, str(context.run_id), cfg, run_dir)
+        return
     train(grid, context, cfg, run_dir)
 
 
-def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None:
-    """Federated training of the propensity model, then silo-alone baselines."""
-    started = time.perf_counter()
-    log(INFO, "fedprofile: federated propensity training, %d rounds, results in %s",
-        cfg.num_server_rounds, run_dir)
+@dataclass
+class ModelKind:
+    """What differs between the models ``job = "train"`` can train; the loop is shared."""
 
-    model = build_model(N_FEATURES, hidden=cfg.hidden_units, seed=cfg.seed)
+    title: str
+    model: nn.Module
+    config: ConfigRecord
+    evaluator: Evaluator
+    saved: dict[str, Any]  # stored with the weights in model.pt and in metrics.json
+
+
+def propensity_kind(cfg: TrainConfig) -> ModelKind:
+    return ModelKind(
+        title="propensity", model=build_model(N_FEATURES, hidden=cfg.hidden_units, seed=cfg.seed),
+        config=client_config(cfg), evaluator=BINARY,
+        saved={"hidden_units": cfg.hidden_units, "feature_names": list(FEATURE_NAMES)})
+
+
+def recommender_kind(grid: Grid, cfg: TrainConfig) -> ModelKind:
+    catalog = collect_catalog(grid, cfg)
+    torch.manual_seed(cfg.seed)
+    config = client_config(cfg)
+    config.update({"model": "recommender", "rec-dim": cfg.rec_dim, "catalog": list(catalog.items)})
+    return ModelKind(
+        title="recommender", model=RecommenderModel(len(catalog), dim=cfg.rec_dim),
+        config=config, evaluator=RANKING,
+        saved={"rec_dim": cfg.rec_dim, "catalog": list(catalog.items)})
+
+
+def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None:
+    """Federated training of the configured model, then silo-alone baselines."""
+    started = time.perf_counter()
+    kind = recommender_kind(grid, cfg) if cfg.model == "recommender" else propensity_kind(cfg)
+    log(INFO, "fedprofile: federated %s training, %d rounds, results in %s", kind.title,
+        cfg.num_server_rounds, run_dir)
+    model = kind.model
     initial = ArrayRecord(model.state_dict())
     strategy = SiloFedAvg(
+        evaluator=kind.evaluator,
         fraction_train=1.0,
         fraction_evaluate=1.0,
         min_train_nodes=cfg.min_silos,
@@ -129,7 +167,7 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         weighted_by_key="silo-weight" if cfg.server_dp else "num-examples",
     )
     runner: Strategy = strategy
-    config = client_config(cfg)
+    config = kind.config
     with ExitStack() as stack:
         budget = (stack.enter_context(charged(grid, cfg, config, str(context.run_id), run_dir.name))
                   if cfg.dp else None)
@@ -164,18 +202,19 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         log(INFO, "fedprofile: silo-alone baselines skipped (DP is on)")
     elif cfg.silo_alone:
         log(INFO, "fedprofile: training silo-alone baselines")
-        alone = run_silo_alone(grid, initial, config, cfg.round_timeout)
+        alone = run_silo_alone(grid, initial, config, cfg.round_timeout, kind.evaluator)
 
     model.load_state_dict(result.arrays.to_torch_state_dict())
     buffer = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "hidden_units": cfg.hidden_units,
-                "feature_names": list(FEATURE_NAMES), "config": cfg.to_mapping(),
-                "fedprofile_version": __version__}, buffer)
+    torch.save({"model": cfg.model, "state_dict": model.state_dict(), **kind.saved,
+                "config": cfg.to_mapping(), "fedprofile_version": __version__}, buffer)
     atomic_write_bytes(run_dir / MODEL_FILE, buffer.getvalue())
     metrics = {
         "flower_run_id": context.run_id,
+        "model": cfg.model,
         "config": cfg.to_mapping(),
-        "feature_names": list(FEATURE_NAMES),
+        **{k: v for k, v in kind.saved.items() if k != "catalog"},
+        "catalog_items": len(kind.saved["catalog"]) if "catalog" in kind.saved else None,
         "rounds": [
             {"round": r.round, "seconds": r.seconds, "trained": r.trained,
              "train_loss": r.train_loss, "samples_per_second": r.samples_per_second,
@@ -188,6 +227,6 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         "seconds": time.perf_counter() - started,
     }
     atomic_write_json(run_dir / METRICS_FILE, metrics)
-    plot_auc_by_round(metrics, run_dir / PLOT_FILE)
+    plot_metric_by_round(metrics, run_dir / plot_file(cfg.model), cfg.model)
     log(INFO, "fedprofile: done in %.1fs; model and metrics in %s",
         time.perf_counter() - started, run_dir)

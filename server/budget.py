@@ -76,10 +76,11 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
                 planned = max(float(plan["epsilon-rdp"]), float(plan["epsilon-prv"]))
                 budget.reservations[silo] = ledger.reserve(
                     run_id=run_id, silo=silo, purpose=cfg.effective_purpose, epsilon_planned=planned,
-                    delta=float(plan["delta"]), mechanism=MECHANISM,
+                    delta=float(plan["delta"]), mechanism=str(plan.get("mechanism", MECHANISM)),
                     params={"noise_multiplier": float(plan["noise-multiplier"]),
                             "sample_rate": float(plan["sample-rate"]),
-                            "steps": int(plan["steps"]), "clip_norm": cfg.dp_clip_norm,
+                            "steps": int(plan["steps"]),
+                            "clip_norm": float(plan.get("clip-norm", cfg.dp_clip_norm)),
                             "customers": int(plan["customers"])},
                     privacy_unit=PRIVACY_UNIT, model_id=model_id, operator=operator,
                     n_records=int(plan["customers"]))

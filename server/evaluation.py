@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
 from fedprofile.models.metrics import BinaryEvaluation, pooled
+from fedprofile.models.ranking import RankingEvaluation
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,17 @@ class Evaluator:
         del weight_key  # each evaluator pools its own sums
         summary = self.summarise(contents)
         overall = summary["overall"]
-        record = MetricRecord({k.replace("_", "-"): float(overall[k])  # type: ignore[index]
+        record = MetricRecord({_metric_key(k): float(overall[k])  # type: ignore[index]
                                for k in self.keys})
         for silo, values in summary["silos"].items():  # type: ignore[union-attr]
             for k in self.keys:
-                record[f"{k.replace('_', '-')}/{silo}"] = float(values[k])
+                record[f"{_metric_key(k)}/{silo}"] = float(values[k])
         return record
 
     def format(self, evaluation: dict[str, object]) -> str:
         """``AUC 0.812 (flights 0.80, hotels 0.79)``: one line for progress output."""
         overall, silos = evaluation["overall"], evaluation["silos"]
-        label = self.headline.replace("_", "@").upper() if "_" in self.headline else self.headline.upper()
+        label = self.headline.upper()
         parts = [f"{name} {vals[self.headline]:.3f}" for name, vals in silos.items()]  # type: ignore[union-attr]
         return f"{label} {overall[self.headline]:.3f} (" + ", ".join(parts) + ")"  # type: ignore[index]
 
@@ -88,3 +89,30 @@ class Evaluator:
 BINARY = Evaluator(summarise=lambda contents: summarise([decode_reply(c) for c in contents]),
                    headline="auc", keys=("auc", "log_loss"))
 """The propensity model's evaluation: AUC and log-loss pooled from score histograms."""
+
+
+
+def _metric_key(name: str) -> str:
+    return name.replace("_", "-").replace("@", "-at-")
+
+
+def decode_ranking(content: RecordDict) -> tuple[str, RankingEvaluation]:
+    """A recommender evaluation reply (see ``client.recommending.ranking_record``)."""
+    m = content["metrics"]
+    return str(content["silo"]["name"]), RankingEvaluation(
+        hr10=float(m["hr10-sum"]), ndcg10=float(m["ndcg10-sum"]),
+        recall20=float(m["recall20-sum"]), users=int(m["num-examples"]))
+
+
+def summarise_rankings(contents: Sequence[RecordDict]) -> dict[str, object]:
+    """Overall means are over all evaluated customers: the silos' sums added, then divided."""
+    decoded = sorted((decode_ranking(c) for c in contents), key=lambda d: d[0])
+    total = RankingEvaluation()
+    for _, evaluation in decoded:
+        total = total.merge(evaluation)
+    return {"overall": total.means(), "silos": {name: e.means() for name, e in decoded}}
+
+
+RANKING = Evaluator(summarise=summarise_rankings, headline="hr@10",
+                    keys=("hr@10", "ndcg@10", "recall@20"))
+"""The recommender's evaluation: HR@10, NDCG@10 and Recall@20 over held-out last baskets."""

@@ -31,8 +31,7 @@ def run_psi_job(cfg: TrainConfig, progress: Callable[[str], None] = print) -> di
             raise ConfigError(f"psi-{role} {name!r} is not a silo under {cfg.silos_path} "
                               f"(silos: {', '.join(sorted(silos))})")
     run_dir = cfg.run_path(new_run_id())
-    cfg = replace(cfg, job="psi", run_dir=str(run_dir.resolve()),
-                  silos_dir=str(cfg.silos_path.resolve()))
+    cfg = replace(cfg, job="psi").resolved(run_dir)
     atomic_write_json(run_dir / "config.json", cfg.to_mapping())
     progress(f"private set intersection on Flower's Simulation Engine: {cfg.psi_receiver} "
              f"(receiver, {cfg.psi_selection}) x {cfg.psi_sender} (sender), {cfg.psi_mode} mode")

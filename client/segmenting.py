@@ -1,0 +1,99 @@
+"""The silo's side of federated segmentation: noisy cluster statistics of its own customers.
+
+Each release is one Gaussian mechanism over the silo's whole customer base
+(see :mod:`fedprofile.models.kmeans` for the sensitivity argument): the silo
+assigns its customers' profile vectors to the server's centroids, sums them
+per cluster and adds noise drawn from OS entropy before anything leaves. The
+server learns only noisy per-cluster sums and counts; it never sees a profile.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from fedprofile.models.kmeans import kmeans_privacy_steps, local_stats, noise_for_kmeans_target, privatize
+
+from .interactions import load_interactions
+from .node import DPPlan, silo_and_stamp
+from .profiles import PROFILE_VECTOR_FEATURES, compute_profiles, profile_vectors
+from .store import SiloStore
+
+SEGMENT_DIM = len(PROFILE_VECTOR_FEATURES)
+CLIP_NORM = math.sqrt(SEGMENT_DIM) / 2.0
+"""Centred profile vectors have norm at most sqrt(d)/2, so this clips nothing and is the
+sensitivity's scale (see fedprofile.models.kmeans)."""
+
+
+def as_of_epoch(as_of: str) -> int | None:
+    """``as-of`` (YYYY-MM-DD, or "" for the end of the silo's data) as epoch seconds."""
+    if not as_of:
+        return None
+    day = dt.date.fromisoformat(as_of)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_vectors(silo_dir: str, stamp: tuple[tuple[int, int], ...], as_of: str
+                    ) -> tuple[str, np.ndarray]:
+    del stamp  # part of the cache key only
+    with SiloStore.open(Path(silo_dir)) as store:
+        inter = load_interactions(store)
+    profiles = compute_profiles(inter, as_of=as_of_epoch(as_of))
+    active = profiles.frequency > 0  # customers with no purchase have no profile to segment
+    return inter.name, profile_vectors(profiles)[active]
+
+
+def silo_vectors(context: Context, as_of: str) -> tuple[str, np.ndarray]:
+    """This silo's name and its customers' profile vectors (cached while the store is unchanged)."""
+    silo_dir, stamp = silo_and_stamp(context)
+    name, vectors = _cached_vectors(str(silo_dir), stamp, as_of)
+    if len(vectors) == 0:
+        raise ValueError(f"silo {name} has no customer with a purchase to segment")
+    return name, vectors
+
+
+def releases(config: ConfigRecord) -> int:
+    """Noisy releases in one segmentation run: the seeding release plus one per iteration."""
+    return kmeans_privacy_steps(1.0, int(config["segment-iterations"]))[0].steps
+
+
+def segment_plan(name: str, customers: int, config: ConfigRecord) -> DPPlan:
+    """The Gaussian mechanism this silo runs per release; every customer is in every release."""
+    delta = float(config["dp-delta"])
+    if delta >= 1.0 / customers:
+        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / customers:.2e} for silo "
+                         f"{name} ({customers} customers); lower it")
+    sigma = float(config["dp-noise-multiplier"])
+    target = float(config["dp-target-epsilon"])
+    if target > 0:
+        sigma = noise_for_kmeans_target(target, delta, int(config["segment-iterations"]))
+    return DPPlan(name, sigma, 1.0, releases(config), delta, customers, 1)
+
+
+def plan(config: ConfigRecord, context: Context) -> DPPlan:
+    name, vectors = silo_vectors(context, str(config["as-of"]))
+    return segment_plan(name, len(vectors), config)
+
+
+def stats_reply(msg: Message, context: Context) -> Message:
+    """One release: noisy per-cluster sums and counts for the centroids in the message."""
+    config = msg.content["config"]
+    name, vectors = silo_vectors(context, str(config["as-of"]))
+    centroids = msg.content["centroids"]["centroids"].numpy()
+    stats = local_stats(vectors, centroids, CLIP_NORM)
+    if bool(config["dp"]):
+        sigma = segment_plan(name, len(vectors), config).noise_multiplier
+        # OS entropy, never a seed the server knows: otherwise it could subtract the noise.
+        stats = privatize(stats, sigma, CLIP_NORM, np.random.default_rng())
+    content = RecordDict({
+        "stats": ArrayRecord({"sums": Array(stats.sums.astype(np.float64)),
+                              "counts": Array(stats.counts.astype(np.float64))}),
+        "silo": ConfigRecord({"name": name}),
+    })
+    return Message(content=content, reply_to=msg)

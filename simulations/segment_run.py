@@ -1,0 +1,77 @@
+"""A federated segmentation on one machine: the real Flower exchange, on the Simulation Engine.
+
+It also computes what a simulation alone can: the same protocol run in process
+on the pooled profile vectors without noise (:func:`federated_kmeans` with
+``noise_multiplier=None``), so the cost of the noise is visible as the
+distance between the private and the noise-free centroids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedprofile.client.interactions import load_interactions
+from fedprofile.client.profiles import compute_profiles, profile_vectors
+from fedprofile.client.segmenting import CLIP_NORM, as_of_epoch
+from fedprofile.client.silos import list_silos
+from fedprofile.client.store import SiloStore
+from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.files import atomic_write_json
+from fedprofile.models.kmeans import assign, federated_kmeans
+from fedprofile.server.local_superlink import SimulationError, run_simulation
+from fedprofile.server.segment import SEGMENTS_FILE
+
+from .training import new_run_id, relay_progress
+
+
+def noise_free_reference(silo_dirs: list[Path], cfg: TrainConfig) -> dict[str, Any]:
+    """The same protocol without noise on every silo's vectors (simulation only)."""
+    vectors = []
+    for silo_dir in silo_dirs:
+        with SiloStore.open(silo_dir) as store:
+            inter = load_interactions(store)
+        profiles = compute_profiles(inter, as_of=as_of_epoch(cfg.as_of))
+        vectors.append(profile_vectors(profiles)[profiles.frequency > 0])
+    ref = federated_kmeans(vectors, cfg.segments, cfg.segment_iterations, None, CLIP_NORM,
+                           seed=cfg.seed)
+    return {"centroids": ref.centroids.tolist(),
+            "sizes": [int(c) for c in ref.counts[-1]]}
+
+
+def centroid_gap(private: np.ndarray, reference: np.ndarray) -> float:
+    """Mean distance from each reference centroid to its nearest private one (in [0, 1]^d units)."""
+    nearest = assign(reference, private)
+    return float(np.linalg.norm(reference - private[nearest], axis=1).mean())
+
+
+def run_segment_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
+                    reference: bool = True) -> dict[str, Any]:
+    """Run a federated segmentation over the silos under ``cfg.silos_path``."""
+    silos = list_silos(cfg.silos_path)
+    if len(silos) < cfg.min_silos:
+        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    run_dir = cfg.run_path(new_run_id())
+    cfg = replace(cfg, job="segment").resolved(run_dir)
+    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+    progress(f"federated segmentation on Flower's Simulation Engine: {len(silos)} silos, "
+             f"k={cfg.segments}, {cfg.segment_iterations} iterations"
+             f"{', DP' if cfg.dp else ', no DP'}")
+    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
+    path = run_dir / SEGMENTS_FILE
+    if not path.is_file():
+        raise SimulationError(f"the segmentation did not finish; see {run_dir / 'flower' / 'flower.log'}")
+    result: dict[str, Any] = json.loads(path.read_text())
+    if reference:
+        ref = noise_free_reference(silos, cfg)
+        ref["mean_centroid_gap"] = centroid_gap(np.array(result["centroids"]),
+                                                np.array(ref["centroids"]))
+        result["noise_free_reference"] = ref
+        atomic_write_json(path, result)
+    result["run_dir"] = str(run_dir)
+    return result
