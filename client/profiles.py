@@ -577,3 +577,27 @@ def decode_vector(v: Sequence[float] | np.ndarray) -> dict[str, float]:
     if not np.all(np.isfinite(arr)):
         raise ValueError("a profile vector must be finite")
     return {t.field: t.inverse(c) for t, c in zip(_TRANSFORMS, arr, strict=True)}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """:meth:`Profiles.summary` as the few lines a marketer reads in a terminal."""
+    def num(value: float | None, unit: str = "") -> str:
+        return "-" if value is None else f"{value:,.1f}{unit}"
+
+    med = summary["medians"]
+    lines = [
+        f"silo {summary['silo']}: {summary['customers']:,} customers with a purchase "
+        f"({summary['users']:,} known, {summary['opted_out']:,} opted out), as of {summary['as_of']}",
+        f"  CLV ({summary['clv_horizon_days']:g} days, {summary['clv_method']}): total "
+        f"{summary['clv_total']:,.0f}, median {num(med['clv'])}"
+        + (f"  [{summary['fit_note']}]" if summary.get("fit_note") else ""),
+        f"  median recency {num(med['recency_days'], ' d')}, orders {num(med['frequency'])}, "
+        f"spend {num(med['monetary'])}, order value {num(med['avg_order_value'])}, "
+        f"interval {num(med['median_interval_days'], ' d')}, churn risk "
+        f"({summary['churn_horizon_days']:g} d) {num(med['churn_risk'])}",
+        "  tags: " + (", ".join(f"{name} {count:,}" for name, count in summary["tags"].items())
+                      or "none defined"),
+        "  top RFM segments: " + ", ".join(f"{seg} {count:,}" for seg, count
+                                            in summary["top_rfm_segments"].items()),
+    ]
+    return "\n".join(lines)

@@ -45,7 +45,8 @@ def _cached_vectors(silo_dir: str, stamp: tuple[tuple[int, int], ...], as_of: st
     with SiloStore.open(Path(silo_dir)) as store:
         inter = load_interactions(store)
     profiles = compute_profiles(inter, as_of=as_of_epoch(as_of))
-    active = profiles.frequency > 0  # customers with no purchase have no profile to segment
+    # No purchase, no profile to segment; opted out of marketing, not segmented for it.
+    active = (profiles.frequency > 0) & ~profiles.opt_out
     return inter.name, profile_vectors(profiles)[active]
 
 

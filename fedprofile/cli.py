@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -223,17 +224,22 @@ def cmd_retail_prepare(args: argparse.Namespace) -> int:
 
     _progress(f"reading and cleaning {data}"
               + (f" (first {args.limit:,} rows)" if args.limit else "") + " ...")
-    files, cleaning = write_silo_files(silos_dir / "exports", data, args.limit)
-    _progress(f"  {cleaning}")
-    mapping = ColumnMapping(**SILO_FILE_MAPPING)
-    maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
-    for region, path in files.items():
-        silo_dir = silos_dir / region
-        _progress(f"ingesting {path} into {silo_dir} (as `fedprofile silo ingest-interactions "
-                  f"{silo_dir} {path} {maps}`) ...")
-        report = ingest_interactions(silo_dir, path, mapping,
-                                     keys=_silo_keys(args, silo_dir, secret), silo_name=region)
-        _report_interactions(silo_dir, report)
+    # The cleaned files still carry raw customer ids: they live only in a private
+    # temporary folder for as long as ingestion takes (the silos keep pseudonyms).
+    silos_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=silos_dir, prefix=".cleaned-") as tmp:
+        files, cleaning = write_silo_files(Path(tmp), data, args.limit)
+        _progress(f"  {cleaning}")
+        mapping = ColumnMapping(**SILO_FILE_MAPPING)
+        maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
+        for region, path in files.items():
+            silo_dir = silos_dir / region
+            _progress(f"ingesting the cleaned {region} lines into {silo_dir} (the same as "
+                      f"`fedprofile silo ingest-interactions {silo_dir} {path.name} {maps}`) ...")
+            report = ingest_interactions(silo_dir, path, mapping,
+                                         keys=_silo_keys(args, silo_dir, secret),
+                                         silo_name=region)
+            _report_interactions(silo_dir, report)
     for region in REGIONS:
         if region not in files:
             _progress(f"  note: no customer left in region {region!r}; no silo written for it")
@@ -271,6 +277,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_training(cfg, progress=_progress, oracle=not args.no_oracle)
     _progress(summary_table(result.metrics))
     _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from fedprofile.client.interactions import load_interactions
+    from fedprofile.client.profiles import ProfileConfig, compute_profiles, format_summary
+    from fedprofile.client.segmenting import as_of_epoch
+    from fedprofile.client.store import SiloStore
+    from fedprofile.client.tags import load_tag_rules
+
+    silo_dir = Path(args.silo_dir).expanduser()
+    rules = tuple(load_tag_rules(Path(args.tags).expanduser() if args.tags else None))
+    with SiloStore.open(silo_dir) as store:
+        inter = load_interactions(store)
+    profiles = compute_profiles(inter, as_of=as_of_epoch(args.as_of or ""),
+                                config=ProfileConfig(tag_rules=rules))
+    out = Path(args.out).expanduser() if args.out else silo_dir / "profiles.csv"
+    profiles.write_csv(out)
+    summary = profiles.summary()
+    _progress(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    _progress(f"profiles of {profiles.n_users:,} customers written to {out} "
+              "(pseudonymous keys: keep the file inside the silo)")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.segment_run import run_segment_job
+
+    result = run_segment_job(_train_config(args), progress=_progress)
+    _progress(Path(result["run_dir"], "segments.txt").read_text().rstrip())
+    ref = result.get("noise_free_reference")
+    if ref:
+        _progress(f"noise cost: private centroids lie {ref['mean_centroid_gap']:.3f} from the "
+                  "noise-free ones on average (feature box [0, 1]^d; simulation only)")
+    _progress(f"run directory: {result['run_dir']}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from fedprofile.client.serving import serve_silo
+
+    summary = serve_silo(Path(args.silo_dir).expanduser(), Path(args.model).expanduser(),
+                         k=args.k, diversity=args.diversity, explore=args.explore, seed=args.seed)
+    _progress(str(summary))
     return 0
 
 
@@ -535,6 +587,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="profile a silo's customers locally: RFM, intervals, "
+                       "next purchase, churn risk, CLV and tags")
+    p.add_argument("silo_dir")
+    p.add_argument("--as-of", help="profile as of this date, YYYY-MM-DD (default: the day "
+                   "after the silo's last interaction)")
+    p.add_argument("--tags", help="tag rules TOML (default: the packaged default_tags.toml)")
+    p.add_argument("--out", help="profiles CSV (default: <silo_dir>/profiles.csv)")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("segment", help="federated customer segmentation (DP k-means over "
+                       "profiles) on Flower's Simulation Engine, with a k-suppressed report")
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
+    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("recommend", help="top-K recommendations for a silo's customers from "
+                       "a trained federated recommender (opted-out customers: non-personalised)")
+    p.add_argument("silo_dir")
+    p.add_argument("--model", required=True, help="the run's model.pt")
+    p.add_argument("--k", type=int, default=10, help="list length")
+    p.add_argument("--diversity", type=float, default=0.0, help="0..1: MMR re-ranking weight "
+                   "against near-duplicate items")
+    p.add_argument("--explore", type=float, default=0.0, help="0..1: share of the list given "
+                   "to items outside the customer's history")
+    p.add_argument("--seed", type=int, default=0, help="exploration draws")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("psi", help="private set intersection between two silos over Flower "
                        "(first marketing case: international flyers without a data pack)")

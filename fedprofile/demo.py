@@ -1,9 +1,10 @@
 """The main job: from nothing to a federated model compared with its alternatives.
 
 Generate the synthetic travel platform, load each business line into its own
-silo store, train the propensity model federatedly on Flower's Simulation
-Engine, and print the federated model next to the centralized oracle and each
-silo alone. Everything lands in one workspace directory that can be inspected.
+silo store, profile each silo's customers locally, train the propensity model
+federatedly on Flower's Simulation Engine, segment the profiles with DP
+k-means, find the case-1 audience by PSI, and print the federated model next
+to the centralized oracle and each silo alone. Everything lands in one workspace directory that can be inspected.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedprofile.client.ingest import ingest
+from fedprofile.client.interactions import load_interactions
+from fedprofile.client.profiles import compute_profiles
+from fedprofile.client.store import SiloStore
 from fedprofile.config import TrainConfig
 from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
+from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
 from fedprofile.privacy.silo_keys import load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 from fedprofile.privacy.leak_guard import Finding, Needles, scan_tree, silo_needles
 from fedprofile.simulations.psi_run import run_psi_job
+from fedprofile.simulations.segment_run import run_segment_job
 from fedprofile.simulations.training import TrainingResult, run_training, summary_table
 
 MARKER = ".fedprofile-demo"
@@ -32,6 +38,7 @@ class DemoResult:
     workspace: Path
     training: TrainingResult
     psi: dict[str, object]
+    segments: dict[str, object]
     seconds: float
     leak_findings: list[Finding] | None = None  # None: the leak guard was off
     guarded_replies: int = 0
@@ -105,7 +112,7 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
     _claim_workspace(workspace)
     platform_dir = workspace / "platform"
 
-    progress(f"[1/5] generating the synthetic travel platform "
+    progress(f"[1/7] generating the synthetic travel platform "
              f"({platform.n_customers:,} people, seed {platform.seed})")
     t0 = time.perf_counter()
     summary = generate_platform(platform, platform_dir, overwrite=True)
@@ -113,18 +120,29 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
     progress(f"  customers per line: {lines} ({time.perf_counter() - t0:.1f}s); "
              f"ground truth kept apart in {platform_dir / 'ground_truth'}")
 
-    progress("[2/5] loading each business line into its own silo store "
+    progress("[2/7] loading each business line into its own silo store "
              "(identifiers pseudonymised, raw ids sealed)")
     silos_dir = workspace / "silos"
     keyring, secret = demo_keys(workspace)
     silos = build_silos(platform_dir, silos_dir, keyring, secret, progress)
     key_file = str(secret.path)
 
-    progress("[3/5] federated training")
+    progress("[3/7] customer profiles, computed inside each silo (RFM, intervals, next "
+             "purchase, churn risk, CLV, tags)")
+    for silo in silos:
+        progress(f"  {profile_line(silo)}")
+
+    progress("[4/7] federated training")
     cfg = replace(train, workspace=str(workspace), silos_dir=str(silos_dir), key_file=key_file)
     result = run_training(cfg, progress=progress, oracle=True)
 
-    progress("[4/5] marketing case 1: international flyers who are not data-pack customers "
+    progress(f"[5/7] federated segmentation of the profiles (k-means with DP, epsilon "
+             f"{SEGMENT_EPSILON:g} per customer, charged to the privacy-budget ledger)")
+    segments = run_segment_job(_segment_config(cfg, workspace, silos), progress=progress)
+    for line in Path(segments["run_dir"], "segments.txt").read_text().splitlines():
+        progress(f"  {line}")
+
+    progress("[6/7] marketing case 1: international flyers who are not data-pack customers "
              "(private set intersection)")
     psi = run_psi_job(replace(cfg, run_dir="", min_silos=2), progress=progress)
     receiver = psi["receiver"]
@@ -144,11 +162,42 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
         for finding in findings[:10]:
             progress(f"    {finding}")
 
-    progress("[5/5] results")
+    progress("[7/7] results")
     progress(summary_table(result.metrics))
-    return DemoResult(workspace=workspace, training=result, psi=psi,
+    return DemoResult(workspace=workspace, training=result, psi=psi, segments=segments,
                       seconds=time.perf_counter() - started, leak_findings=findings,
                       guarded_replies=guarded)
+
+
+SEGMENT_EPSILON = 2.0
+"""The demo's segmentation budget per customer and silo (its cap is set to exactly this)."""
+
+
+def profile_line(silo_dir: Path) -> str:
+    """One line about a silo's profiles: counts, CLV method and the largest tags."""
+    with SiloStore.open(silo_dir) as store:
+        profiles = compute_profiles(load_interactions(store))
+    summary = profiles.summary()
+    tags = sorted(summary["tags"].items(), key=lambda kv: -kv[1])[:4]
+    return (f"{summary['silo']}: {summary['customers']:,} customers profiled; CLV by "
+            f"{summary['clv_method']} (median {summary['medians']['clv'] or 0:,.0f}); tags: "
+            + ", ".join(f"{name} {count:,}" for name, count in tags))
+
+
+def _segment_config(cfg: TrainConfig, workspace: Path, silos: list[Path]) -> TrainConfig:
+    """A fresh demo ledger capping segmentation at SEGMENT_EPSILON; DP segmentation under it."""
+    ledger_dir = workspace / "ledger"
+    shutil.rmtree(ledger_dir, ignore_errors=True)  # the demo's workspace starts over each run
+    ledger_dir.mkdir(parents=True)
+    key = ledger_key_from_file(generate_key_file(ledger_dir / "ledger.key"))
+    path = ledger_dir / "privacy-ledger.sqlite"
+    with Ledger.create(path, key) as ledger:
+        for silo in silos:
+            ledger.set_cap(silo.name, "segmentation", SEGMENT_EPSILON, 1e-4,
+                           reason="fedprofile demo")
+    return replace(cfg, job="segment", dp=True, dp_target_epsilon=SEGMENT_EPSILON,
+                   dp_delta=1e-5, segments=5, segment_iterations=6, run_dir="",
+                   ledger=str(path))
 
 
 def _check_leaks(workspace: Path, silos: list[Path], key_file: str, cfg: TrainConfig,

@@ -18,10 +18,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .training import TrainParams, TrainStats, make_loader
 
@@ -68,33 +70,90 @@ def sample_rate(batch_size: int, n: int) -> float:
     return 1.0 / steps_per_epoch(batch_size, n)
 
 
-def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams,
-                   dp: DPParams) -> DPTrainStats:
-    """Train ``model`` in place with DP-SGD; one row of ``x`` is one customer."""
+@dataclass(frozen=True)
+class PrivateTraining:
+    """What :func:`make_private` returns: use these instead of the originals to train."""
+
+    engine: Any  # opacus.PrivacyEngine
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    criterion: Any = None  # ghost clipping only: the loss to call (it runs both backward passes)
+
+    def checked_sample_rate(self, steps: int, batch_size: int, n: int) -> float:
+        """The sample rate Opacus's accountant recorded, checked against what ran.
+
+        What the ledger is charged is what the accountant recorded; this makes
+        sure that is the mechanism that actually ran: as many steps as were
+        taken, one sample rate, and the rate of a Poisson loader over ``n``
+        elements at ``batch_size``.
+        """
+        history = self.engine.accountant.history
+        recorded = sum(s for _, _, s in history)
+        rates = {q for _, q, _ in history}
+        if recorded != steps or len(rates) != 1:
+            raise RuntimeError(f"DP accounting mismatch: {steps} steps run, {recorded} recorded "
+                               f"at sample rates {sorted(rates)}")
+        q = rates.pop()
+        if abs(q - sample_rate(batch_size, n)) > 1e-12:
+            raise RuntimeError(f"unexpected Opacus sample rate {q}")
+        return float(q)
+
+    def release(self) -> None:
+        """Leave the caller's module without Opacus's hooks (it is trained in place)."""
+        if hasattr(self.module, "remove_hooks"):
+            self.module.remove_hooks()
+
+
+def make_private(model: nn.Module, optimiser: torch.optim.Optimizer, loader: DataLoader,
+                 dp: DPParams, grad_sample_mode: str = GRAD_SAMPLE_MODE,
+                 criterion: nn.Module | None = None) -> PrivateTraining:
+    """Wrap a model, optimiser and loader for DP-SGD with Poisson sampling (RDP accountant).
+
+    One element of ``loader``'s dataset must be one customer: that is what
+    makes the guarantee customer-level. ``grad_sample_mode="ghost"`` (ghost
+    clipping: per-sample gradient *norms* without the per-sample gradients)
+    needs the per-sample ``criterion``; train with ``PrivateTraining.criterion``.
+    """
+    if (grad_sample_mode == "ghost") != (criterion is not None):
+        raise ValueError("a criterion is needed for ghost clipping, and only for it")
     from fedprofile.privacy._opacus import opacus
 
-    PrivacyEngine = opacus.PrivacyEngine
-
-    loader = make_loader(x, y, params)
-    n = len(loader.dataset)  # type: ignore[arg-type]
-    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: the noise comes from torch's PRNG,
         # not a CSPRNG. That is documented in the README (a known limit), so the
         # warning is not repeated on every round of every silo.
         warnings.simplefilter("ignore", UserWarning)
-        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-        private_model, private_opt, private_loader = engine.make_private(
+        engine = opacus.PrivacyEngine(accountant="rdp", secure_mode=False)
+        extra = {} if criterion is None else {"criterion": criterion}
+        wrapped = engine.make_private(
             module=model, optimizer=optimiser, data_loader=loader,
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
-            poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE,
+            poisson_sampling=True, grad_sample_mode=grad_sample_mode, **extra,
         )
+    if criterion is None:
+        private_model, private_opt, private_loader = wrapped
+        private_criterion = None
+    else:
+        private_model, private_opt, private_criterion, private_loader = wrapped
+    return PrivateTraining(engine=engine, module=private_model, optimizer=private_opt,
+                           loader=private_loader, criterion=private_criterion)
+
+
+def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams,
+                   dp: DPParams) -> DPTrainStats:
+    """Train ``model`` in place with DP-SGD; one row of ``x`` is one customer."""
+    loader = make_loader(x, y, params)
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    private = make_private(model, optimiser, loader, dp)
+    private_model, private_opt = private.module, private.optimizer
     loss_fn = nn.BCEWithLogitsLoss()
     private_model.train()
     start = time.perf_counter()
     total, seen, steps = 0.0, 0, 0
     for _ in range(params.epochs):
-        for xb, yb in private_loader:
+        for xb, yb in private.loader:
             private_opt.zero_grad(set_to_none=True)
             if len(yb) == 0:  # Poisson sampling can draw an empty batch: still a step
                 private_opt.step()
@@ -109,17 +168,8 @@ def train_local_dp(model: nn.Module, x: np.ndarray, y: np.ndarray, params: Train
     elapsed = time.perf_counter() - start
     # Report exactly the mechanism Opacus's own accountant recorded, and check it
     # matches what ran: this is what the ledger will be charged.
-    history = engine.accountant.history
-    recorded = sum(s for _, _, s in history)
-    rates = {q for _, q, _ in history}
-    if recorded != steps or len(rates) != 1:
-        raise RuntimeError(f"DP accounting mismatch: {steps} steps run, {recorded} recorded "
-                           f"at sample rates {sorted(rates)}")
-    q = rates.pop()
-    if abs(q - sample_rate(params.batch_size, n)) > 1e-12:
-        raise RuntimeError(f"unexpected Opacus sample rate {q}")
-    if hasattr(private_model, "remove_hooks"):  # leave the caller's module without Opacus hooks
-        private_model.remove_hooks()
+    q = private.checked_sample_rate(steps, params.batch_size, n)
+    private.release()
     return DPTrainStats(examples=seen, mean_loss=total / max(seen, 1), seconds=elapsed,
                         noise_multiplier=dp.noise_multiplier, sample_rate=q, steps=steps,
                         clip_norm=dp.clip_norm)

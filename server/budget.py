@@ -47,6 +47,19 @@ def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     return ledger, key
 
 
+def require_ledger(cfg: TrainConfig) -> None:
+    """Fail before any Flower process starts when a DP run has no ledger to be charged to."""
+    if not (cfg.dp or cfg.server_dp):
+        return
+    path, key_file = ledger_paths(cfg)
+    if not path.is_file():
+        raise ConfigError(f"DP runs are charged to a privacy-budget ledger, and there is none at "
+                          f"{path}: create it with `fedprofile ledger init --ledger {path}` and "
+                          f"set caps with `fedprofile ledger cap`")
+    if not key_file.is_file():
+        raise ConfigError(f"the ledger's key file {key_file} does not exist (set ledger-key-file)")
+
+
 def collect_plans(grid: Grid, config: ConfigRecord, timeout: float) -> dict[str, ConfigRecord]:
     messages = [Message(content=RecordDict({"config": config}), message_type="query.dp_plan",
                         dst_node_id=n) for n in grid.get_node_ids()]

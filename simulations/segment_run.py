@@ -24,6 +24,7 @@ from fedprofile.client.store import SiloStore
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.files import atomic_write_json
 from fedprofile.models.kmeans import assign, federated_kmeans
+from fedprofile.server.budget import require_ledger
 from fedprofile.server.local_superlink import SimulationError, run_simulation
 from fedprofile.server.segment import SEGMENTS_FILE
 
@@ -37,7 +38,7 @@ def noise_free_reference(silo_dirs: list[Path], cfg: TrainConfig) -> dict[str, A
         with SiloStore.open(silo_dir) as store:
             inter = load_interactions(store)
         profiles = compute_profiles(inter, as_of=as_of_epoch(cfg.as_of))
-        vectors.append(profile_vectors(profiles)[profiles.frequency > 0])
+        vectors.append(profile_vectors(profiles)[(profiles.frequency > 0) & ~profiles.opt_out])
     ref = federated_kmeans(vectors, cfg.segments, cfg.segment_iterations, None, CLIP_NORM,
                            seed=cfg.seed)
     return {"centroids": ref.centroids.tolist(),
@@ -56,6 +57,7 @@ def run_segment_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
     silos = list_silos(cfg.silos_path)
     if len(silos) < cfg.min_silos:
         raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    require_ledger(cfg)
     run_dir = cfg.run_path(new_run_id())
     cfg = replace(cfg, job="segment").resolved(run_dir)
     atomic_write_json(run_dir / "config.json", cfg.to_mapping())

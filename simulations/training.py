@@ -3,7 +3,8 @@
 It runs the real Flower app on Flower's Simulation Engine (one virtual
 SuperNode per silo), then adds the centralized oracle, and leaves a run
 directory a data scientist can open: ``metrics.json``, ``model.pt``,
-``config.json``, ``auc_by_round.png`` and Flower's logs.
+``config.json``, the by-round plot (``auc_by_round.png`` or ``hr10_by_round.png``)
+and Flower's logs.
 """
 
 from __future__ import annotations
@@ -18,17 +19,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedprofile.client.silos import list_silos
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.files import atomic_write_json
-from fedprofile.server.app import METRICS_FILE, PLOT_FILE
+from fedprofile.models.recommender import Catalog
+from fedprofile.server.app import METRICS_FILE, MODEL_FILE
+from fedprofile.server.budget import require_ledger
 from fedprofile.server.local_superlink import SimulationError, run_simulation
 
 from .oracle import centralized_oracle, load_all
-from .plots import plot_auc_by_round
+from .recommender_baselines import centralized_oracle as recommender_oracle
+from .recommender_baselines import load_splits, popularity_baseline
+from .plots import plot_file, plot_metric_by_round
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SHOWN = re.compile(r"fedprofile: (.*)$")
+_ERROR = re.compile(r"\b[A-Z]\w*(?:Error|Exception): \S.*$")
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,24 @@ def new_run_id() -> str:
 
 
 def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
-    """Show the ServerApp's own progress lines and errors, not Flower's chatter."""
+    """Show the ServerApp's own progress lines and the errors' messages, not Flower's chatter.
+
+    A failing ClientApp makes Flower and Ray print the same traceback several
+    times; what a user needs is the exception's own line (``ValueError: silo
+    ... has no customers``), once.
+    """
+    shown: set[str] = set()
+
     def on_line(line: str) -> None:
         clean = _ANSI.sub("", line)
         match = _SHOWN.search(clean)
         if match:
             progress(f"  {match.group(1)}")
-        elif "ERROR" in clean or "Traceback" in clean:
-            progress(f"  {clean.strip()}")
+            return
+        error = _ERROR.search(clean)
+        if error and error.group(0) not in shown:
+            shown.add(error.group(0))
+            progress(f"  error: {error.group(0)}")
     return on_line
 
 
@@ -63,10 +81,11 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
     silos = list_silos(cfg.silos_path)
     if len(silos) < cfg.min_silos:
         raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    require_ledger(cfg)
     run_dir = cfg.run_path(new_run_id())
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} is not empty")
-    cfg = replace(cfg, run_dir=str(run_dir.resolve()), silos_dir=str(cfg.silos_path.resolve()))
+    cfg = cfg.resolved(run_dir)
     atomic_write_json(run_dir / "config.json", cfg.to_mapping())
 
     started = time.perf_counter()
@@ -79,34 +98,51 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
     metrics: dict[str, Any] = json.loads(metrics_path.read_text())
     federated_seconds = time.perf_counter() - started
 
-    if oracle:
+    if oracle and cfg.model == "recommender":
+        progress("centralized oracle and most-popular baseline (pooled data, simulation only)")
+        catalog = Catalog(tuple(torch.load(run_dir / MODEL_FILE, weights_only=False)["catalog"]))
+        splits = load_splits(silos)
+        metrics["popularity"] = popularity_baseline(splits, catalog)
+        metrics["oracle"] = recommender_oracle(splits, catalog, cfg)
+    elif oracle:
         progress("centralized oracle (pooled data, simulation only)")
         metrics["oracle"] = centralized_oracle(load_all(silos, cfg), cfg)
     metrics["timing"] = {"federated_seconds": federated_seconds,
                          "total_seconds": time.perf_counter() - started}
     atomic_write_json(metrics_path, metrics)
-    plot_auc_by_round(metrics, run_dir / PLOT_FILE)
+    plot_metric_by_round(metrics, run_dir / plot_file(cfg.model), cfg.model)
     return TrainingResult(run_dir=run_dir, metrics=metrics,
                           seconds=time.perf_counter() - started)
 
 
+TABLES: dict[str, tuple[tuple[str, str], str, tuple[tuple[str, str], ...]]] = {
+    # model: ((metric 1, metric 2) per cell, legend, rows (metrics key, label))
+    "propensity": (("auc", "log_loss"), "(each cell: test AUC / log-loss, out-of-time)",
+                   (("federated", "federated (FedAvg)"), ("oracle", "centralized oracle"),
+                    ("silo_alone", "each silo alone"))),
+    "recommender": (("hr@10", "ndcg@10"),
+                    "(each cell: HR@10 / NDCG@10 on each customer's held-out last basket)",
+                    (("federated", "federated (FedAvg)"), ("oracle", "centralized oracle"),
+                     ("popularity", "most popular"), ("silo_alone", "each silo alone"))),
+}
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
-    """Rows are models; columns are overall and per-silo test AUC / log-loss."""
-    rows = [("federated (FedAvg)", metrics.get("federated")),
-            ("centralized oracle", metrics.get("oracle")),
-            ("each silo alone", metrics.get("silo_alone"))]
+    """Rows are models; columns are the overall and per-silo test metrics."""
+    (first, second), legend, rows_spec = TABLES[metrics.get("model", "propensity")]
+    rows = [(name, metrics.get(key)) for key, name in rows_spec]
     rows = [(name, m) for name, m in rows if m]
     silos = sorted(metrics["federated"]["silos"])
 
     def cell(values: dict[str, float] | None) -> str:
         if not values:
             return f"{'-':>15}"
-        return f"{values['auc']:>7.3f} /{values['log_loss']:>6.3f}"
+        return f"{values[first]:>7.3f} /{values[second]:>6.3f}"
 
     head = f"{'model':<20} {'overall':>15} | " + " ".join(f"{s[:15]:>15}" for s in silos)
     lines = [head, "-" * len(head)]
     for name, m in rows:
         cells = " ".join(cell(m["silos"].get(s)) for s in silos)
         lines.append(f"{name:<20} {cell(m['overall'])} | {cells}")
-    lines.append("(each cell: test AUC / log-loss, out-of-time)")
+    lines.append(legend)
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import pytest
 
 from fedprofile.demo import build_silos
 from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
+from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
 from fedprofile.privacy.silo_keys import SiloKeys, load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 
@@ -92,3 +93,18 @@ def flower_processes(under: Path) -> list[str]:
         if home.startswith(root):
             found.append(f"{proc.name} {cmdline[:200]}")
     return found
+
+
+def workspace_ledger(workspace: Path, caps: dict[str, float], purpose: str) -> Path:
+    """The workspace's default ledger, with an epsilon cap per silo for ``purpose``."""
+    path = workspace / "ledger" / "privacy-ledger.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    generate_key_file(path.with_name("ledger.key"))
+    with Ledger.create(path, ledger_key_from_file(path.with_name("ledger.key"))) as ledger:
+        for silo, cap in caps.items():
+            ledger.set_cap(silo, purpose, cap, 1e-3)
+    return path
+
+
+def open_ledger(path: Path) -> Ledger:
+    return Ledger.open(path, ledger_key_from_file(path.with_name("ledger.key")))

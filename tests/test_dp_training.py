@@ -12,26 +12,16 @@ from fedprofile.models.dp import DPParams, sample_rate, train_local_dp
 from fedprofile.models.propensity import build_model
 from fedprofile.models.training import TrainParams
 from fedprofile.privacy.accounting import MechanismStep, epsilon
-from fedprofile.privacy.keys import generate_key_file
-from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
 from fedprofile.simulations.training import run_training
+
+from .conftest import open_ledger as _open
+from .conftest import workspace_ledger
 
 SILOS = ("datapacks", "flights", "hotels")
 
 
 def _ledger(workspace: Path, caps: dict[str, float]) -> Path:
-    """The workspace's default ledger, with a cap per silo for propensity training."""
-    path = workspace / "ledger" / "privacy-ledger.sqlite"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generate_key_file(path.with_name("ledger.key"))
-    with Ledger.create(path, ledger_key_from_file(path.with_name("ledger.key"))) as ledger:
-        for silo, cap in caps.items():
-            ledger.set_cap(silo, "propensity-training", cap, 1e-3)
-    return path
-
-
-def _open(path: Path) -> Ledger:
-    return Ledger.open(path, ledger_key_from_file(path.with_name("ledger.key")))
+    return workspace_ledger(workspace, caps, "propensity-training")
 
 
 def test_dp_sgd_steps_match_poisson_sampling() -> None:

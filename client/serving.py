@@ -1,0 +1,99 @@
+"""Top-K recommendations for a silo's own customers, from a federated recommender.
+
+Serving runs inside the silo: the model (item weights only) comes from the
+run directory, the histories from the silo's store, and the lists are written
+into the silo, next to the store, keyed by pseudonym. Customers who opted out
+of personalisation (PIPL art. 24) get the non-personalised ranking the model
+learned (its item biases), which uses nothing about them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedprofile.files import atomic_write_text
+from fedprofile.models.ranking import catalogue_coverage, intra_list_diversity
+from fedprofile.models.recommender import Catalog, RecommenderModel, customer_baskets, recommend
+
+from .interactions import load_interactions
+from .store import SiloStore
+
+RECOMMENDATIONS_FILE = "recommendations.csv"
+
+
+def load_recommender(path: Path) -> tuple[RecommenderModel, Catalog]:
+    """A trained recommender and its catalogue from a run's ``model.pt``.
+
+    Loaded with ``weights_only=True``: a model file is data, and must not be
+    able to run code in the silo that loads it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}: train one with "
+                                "`fedprofile train --set model=recommender`")
+    saved = torch.load(path, weights_only=True)
+    if saved.get("model") != "recommender":
+        raise ValueError(f"{path} holds a {saved.get('model', 'propensity')} model, "
+                         "not a recommender")
+    catalog = Catalog(tuple(saved["catalog"]))
+    model = RecommenderModel(len(catalog), dim=int(saved["rec_dim"]))
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path} was saved by another version of the recommender; retrain it "
+                         f"with this fedprofile ({str(err).splitlines()[-1].strip()})") from None
+    model.eval()
+    return model, catalog
+
+
+@dataclass(frozen=True)
+class ServingSummary:
+    """What a marketer reads about a batch of lists (aggregates only)."""
+
+    path: Path
+    customers: int
+    personalised: int
+    opted_out: int
+    k: int
+    coverage: float
+    diversity: float
+
+    def __str__(self) -> str:
+        return (f"{self.customers:,} customers: {self.personalised:,} personalised lists, "
+                f"{self.opted_out:,} non-personalised (opted out); top-{self.k}, catalogue "
+                f"coverage {self.coverage:.1%}, intra-list diversity {self.diversity:.3f}; "
+                f"written to {self.path}")
+
+
+def serve_silo(silo_dir: Path, model_path: Path, k: int = 10, diversity: float = 0.0,
+               explore: float = 0.0, seed: int = 0) -> ServingSummary:
+    """Recommend ``k`` items to every customer of the silo with a purchase history."""
+    model, catalog = load_recommender(model_path)
+    with SiloStore.open(silo_dir) as store:
+        inter = load_interactions(store)
+    baskets = customer_baskets(inter, catalog)
+    users = np.array([u for u, b in enumerate(baskets) if b], dtype=np.int64)
+    histories = [baskets[u] for u in users]
+    opted_out = inter.opt_out[users]
+    lists = recommend(model, histories, k=k, diversity=diversity, explore=explore, seed=seed,
+                      opted_out=opted_out)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["customer_key", "rank", "item", "personalised"])
+    for u, items, opted in zip(users, lists, opted_out, strict=True):
+        for rank, item in enumerate(items, 1):
+            writer.writerow([inter.users[u], rank, catalog.items[item], str(not opted).lower()])
+    path = Path(silo_dir) / RECOMMENDATIONS_FILE
+    atomic_write_text(path, out.getvalue())
+    personal = [items for items, opted in zip(lists, opted_out, strict=True) if not opted]
+    return ServingSummary(
+        path=path, customers=len(users), personalised=len(personal),
+        opted_out=int(opted_out.sum()), k=k,
+        coverage=catalogue_coverage(lists, len(catalog)) if lists else 0.0,
+        diversity=intra_list_diversity(personal, model.item_vectors()) if personal else 0.0)
