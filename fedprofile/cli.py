@@ -43,7 +43,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, name, None)
         if value is not None:
             values["num-server-rounds" if name == "rounds" else name.replace("_", "-")] = value
-    for name in ("workspace", "silos_dir", "run_dir"):
+    for name in ("workspace", "silos_dir", "run_dir", "model"):
         value = getattr(args, name, None)
         if value:
             values[name.replace("_", "-")] = str(value)
@@ -190,59 +190,17 @@ def cmd_silo_ingest_interactions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_populated_silo(silo_dir: Path) -> None:
-    """A silo that already holds data would get every interaction twice: refuse it."""
-    from fedprofile.client.store import STORE_FILENAME, SiloStore
-
-    if not (silo_dir / STORE_FILENAME).is_file():
-        return
-    with SiloStore.open(silo_dir) as store:
-        counts = store.counts()
-    if counts["customers"] or counts["orders"] or counts["interactions"]:
-        raise FileExistsError(
-            f"{silo_dir} already holds a silo store with data ({counts['customers']:,} "
-            f"customers, {counts['interactions']:,} interactions); loading the data set into "
-            "it again would double it: pass a new --silos-dir")
-
-
 def cmd_retail_prepare(args: argparse.Namespace) -> int:
-    from fedprofile.client.ingest_interactions import ColumnMapping, ingest_interactions
-    from fedprofile.simulations.online_retail import (DEFAULT_PATH, REGIONS, SILO_FILE_MAPPING,
-                                                      write_silo_files)
+    from fedprofile.simulations.online_retail import DEFAULT_PATH, build_retail_silos
 
     data = Path(args.data).expanduser() if args.data else DEFAULT_PATH
-    if not data.is_file():
-        raise FileNotFoundError(f"{data}: the UCI Online Retail file is not there; pass --data "
-                                "PATH to online_retail.csv.gz")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive number of rows, got {args.limit}")
-    silos_dir = Path(args.silos_dir).expanduser()
-    for region in REGIONS:
-        _refuse_populated_silo(silos_dir / region)
     _keyring_path(args)  # a missing keyring is reported before the work, not after it
     secret = _secret(args)
-
-    _progress(f"reading and cleaning {data}"
-              + (f" (first {args.limit:,} rows)" if args.limit else "") + " ...")
-    # The cleaned files still carry raw customer ids: they live only in a private
-    # temporary folder for as long as ingestion takes (the silos keep pseudonyms).
-    silos_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=silos_dir, prefix=".cleaned-") as tmp:
-        files, cleaning = write_silo_files(Path(tmp), data, args.limit)
-        _progress(f"  {cleaning}")
-        mapping = ColumnMapping(**SILO_FILE_MAPPING)
-        maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
-        for region, path in files.items():
-            silo_dir = silos_dir / region
-            _progress(f"ingesting the cleaned {region} lines into {silo_dir} (the same as "
-                      f"`fedprofile silo ingest-interactions {silo_dir} {path.name} {maps}`) ...")
-            report = ingest_interactions(silo_dir, path, mapping,
-                                         keys=_silo_keys(args, silo_dir, secret),
-                                         silo_name=region)
-            _report_interactions(silo_dir, report)
-    for region in REGIONS:
-        if region not in files:
-            _progress(f"  note: no customer left in region {region!r}; no silo written for it")
+    silos_dir = Path(args.silos_dir).expanduser()
+    build_retail_silos(silos_dir, lambda silo_dir: _silo_keys(args, silo_dir, secret), data,
+                       args.limit, progress=_progress, on_report=_report_interactions)
     _progress(f"regional silos ready under {silos_dir}")
     return 0
 
@@ -584,7 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--silos-dir", help="directory holding one sub-directory per silo "
                    "(default: <workspace>/silos)")
     p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
-    p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
+    p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle "
+                   "(and, for the recommender, the most-popular baseline)")
+    p.add_argument("--model", choices=("propensity", "recommender"),
+                   help="what to train (default: propensity; same as --set model=...)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 

@@ -123,7 +123,7 @@ def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -
     # computed for; one more update moved them, so the sizes describe the
     # segments up to that last (small) move.
     report = segment_report(centroids, centroids_sizes,
-                            {s: st.counts for s, st in per_silo.items()},
+                            {s: per_silo[s].counts for s in sorted(per_silo)},
                             PROFILE_VECTOR_FEATURES, decode_vector, k_min=cfg.segment_k_min)
     result = {
         "config": {"segments": k, "iterations": cfg.segment_iterations, "dp": cfg.dp,

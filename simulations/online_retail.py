@@ -29,13 +29,18 @@ import datetime as dt
 import gzip
 import io
 import re
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedprofile.client.ingest_interactions import (ColumnMapping, InteractionsReport,
+                                                   ingest_interactions)
 from fedprofile.client.interactions import Interactions
+from fedprofile.client.store import STORE_FILENAME, SiloStore
 from fedprofile.files import atomic_write_bytes
+from fedprofile.privacy.silo_keys import SiloKeys
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
@@ -198,3 +203,57 @@ def write_silo_files(out_dir: Path, path: Path = DEFAULT_PATH, limit: int | None
         files[region] = Path(out_dir) / f"online_retail_{region}.csv"
         atomic_write_bytes(files[region], text.getvalue().encode("utf-8"))
     return files, report
+
+
+def refuse_populated_silo(silo_dir: Path) -> None:
+    """A silo that already holds data would get every interaction twice: refuse it."""
+    if not (silo_dir / STORE_FILENAME).is_file():
+        return
+    with SiloStore.open(silo_dir) as store:
+        counts = store.counts()
+    if counts["customers"] or counts["orders"] or counts["interactions"]:
+        raise FileExistsError(
+            f"{silo_dir} already holds a silo store with data ({counts['customers']:,} "
+            f"customers, {counts['interactions']:,} interactions); loading the data set into "
+            "it again would double it: pass a new --silos-dir")
+
+
+def build_retail_silos(silos_dir: Path, keys_for: Callable[[Path], SiloKeys],
+                       path: Path = DEFAULT_PATH, limit: int | None = None,
+                       progress: Callable[[str], None] = print,
+                       on_report: Callable[[Path, InteractionsReport], None] | None = None
+                       ) -> dict[str, Path]:
+    """Clean the data set and load each region into its own silo, through generic ingestion.
+
+    The same path a user's own export takes (``fedprofile silo ingest-interactions``
+    with a column mapping). The cleaned files still carry raw customer ids, so
+    they live only in a private temporary folder for as long as ingestion takes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the UCI Online Retail file is not there; pass --data "
+                                "PATH to online_retail.csv.gz")
+    silos_dir = Path(silos_dir)
+    for region in REGIONS:
+        refuse_populated_silo(silos_dir / region)
+    progress(f"reading and cleaning {path}" + (f" (first {limit:,} rows)" if limit else "") + " ...")
+    silos_dir.mkdir(parents=True, exist_ok=True)
+    built: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(dir=silos_dir, prefix=".cleaned-") as tmp:
+        files, cleaning = write_silo_files(Path(tmp), path, limit)
+        progress(f"  {cleaning}")
+        mapping = ColumnMapping(**SILO_FILE_MAPPING)
+        maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
+        for region, export in files.items():
+            silo_dir = silos_dir / region
+            progress(f"ingesting the cleaned {region} lines into {silo_dir} (the same as "
+                     f"`fedprofile silo ingest-interactions {silo_dir} {export.name} {maps}`) ...")
+            report = ingest_interactions(silo_dir, export, mapping, keys=keys_for(silo_dir),
+                                         silo_name=region)
+            if on_report is not None:
+                on_report(silo_dir, report)
+            built[region] = silo_dir
+    for region in REGIONS:
+        if region not in files:
+            progress(f"  note: no customer left in region {region!r}; no silo written for it")
+    return built
