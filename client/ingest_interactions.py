@@ -148,9 +148,24 @@ class _Parsed:
 
 
 def _parse_id(col: Column, value: Any) -> str:
-    """User and item ids: text, or a Parquet integer column (ids stored as numbers)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """User and item ids: text, or a Parquet number column (ids stored as numbers).
+
+    pandas writes an integer id column with gaps as float64, so a whole float
+    is its integer's text (``17850.0`` -> ``"17850"``, the same pseudonym as the
+    CSV's ``17850``); a float NaN is an empty cell. A rejected id is never
+    echoed: it may be a customer's identifier.
+    """
+    if isinstance(value, float):
+        if math.isnan(value):
+            value = None
+        elif value.is_integer():
+            value = str(int(value))
+        else:
+            raise _Bad("expected an id (text or a whole number), got a fractional number")
+    elif isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
+    elif value is not None and not isinstance(value, str):
+        raise _Bad(f"expected an id (text or a whole number), got {type(value).__name__}")
     return _parse_value(col, value)  # type: ignore[no-any-return]
 
 

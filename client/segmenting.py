@@ -87,11 +87,15 @@ def stats_reply(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     name, vectors = silo_vectors(context, str(config["as-of"]))
     centroids = msg.content["centroids"]["centroids"].numpy()
-    stats = local_stats(vectors, centroids, CLIP_NORM)
-    if bool(config["dp"]):
-        sigma = segment_plan(name, len(vectors), config).noise_multiplier
-        # OS entropy, never a seed the server knows: otherwise it could subtract the noise.
-        stats = privatize(stats, sigma, CLIP_NORM, np.random.default_rng())
+    if not bool(config["dp"]):
+        # The silo protects itself whatever the server asks: a small cluster's
+        # exact sums would be its customers' profiles.
+        raise ValueError("this silo releases segmentation statistics with DP noise only "
+                         "(the run asked for dp = false)")
+    sigma = segment_plan(name, len(vectors), config).noise_multiplier
+    # OS entropy, never a seed the server knows: otherwise it could subtract the noise.
+    stats = privatize(local_stats(vectors, centroids, CLIP_NORM), sigma, CLIP_NORM,
+                      np.random.default_rng())
     content = RecordDict({
         "stats": ArrayRecord({"sums": Array(stats.sums.astype(np.float64)),
                               "counts": Array(stats.counts.astype(np.float64))}),

@@ -13,9 +13,10 @@ What is withheld
       ``"<k_min"``, its centroid and all its per-silo cells are withheld (the
       cells would add up to the size).
     * A per-silo cell below ``k_min`` in a shown segment. The segment's noisy
-      size is the sum of the silos' noisy counts, so if exactly one cell of a
-      row were hidden it could be recovered by subtraction; the smallest other
-      shown cell of that row is then withheld too (complementary suppression).
+      size is the sum of the silos' noisy counts, so the hidden cells' total
+      can be recovered by subtraction; while that total is itself below
+      ``k_min``, the smallest shown cell of the row is withheld too
+      (complementary suppression).
       All withheld cells look the same (``"n/s"``) so that the small one is
       not singled out.
 
@@ -205,10 +206,15 @@ def segment_report(centroids: np.ndarray, noisy_counts: np.ndarray,
         hidden = [s for s in silos if cells[s][j] < kk_min]
         for s in hidden:
             shown[s] = None
-        rest = [s for s in silos if shown[s] is not None]
-        if len(hidden) == 1 and rest:
+        # The shown size minus the shown cells gives the hidden cells' total: hide
+        # more cells (smallest first) until that total is itself not a small group.
+        while hidden and sum(int(cells[h][j]) for h in hidden) < kk_min:
+            rest = [s for s in silos if shown[s] is not None]
+            if not rest:
+                break
             smallest = min(rest, key=lambda s: (cells[s][j], silos.index(s)))
             shown[smallest] = None
+            hidden.append(smallest)
             complementary += 1
         suppressed_cells += sum(v is None for v in shown.values())
         rows.append(SegmentRow(j, int(sizes[j]), _profile(cents[j], names, decode), shown))

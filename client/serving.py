@@ -37,10 +37,14 @@ def load_recommender(path: Path) -> tuple[RecommenderModel, Catalog]:
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: train one with "
                                 "`fedprofile train --set model=recommender`")
-    saved = torch.load(path, weights_only=True)
-    if saved.get("model") != "recommender":
-        raise ValueError(f"{path} holds a {saved.get('model', 'propensity')} model, "
-                         "not a recommender")
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
+        raise ValueError(f"{path} is not a model file fedprofile can read "
+                         f"({type(err).__name__})") from None
+    if not isinstance(saved, dict) or saved.get("model") != "recommender":
+        kind = saved.get("model", "propensity") if isinstance(saved, dict) else "unknown"
+        raise ValueError(f"{path} holds a {kind} model, not a recommender")
     catalog = Catalog(tuple(saved["catalog"]))
     model = RecommenderModel(len(catalog), dim=int(saved["rec_dim"]))
     try:
@@ -60,40 +64,48 @@ class ServingSummary:
     customers: int
     personalised: int
     opted_out: int
+    no_history: int
     k: int
     coverage: float
     diversity: float
 
     def __str__(self) -> str:
         return (f"{self.customers:,} customers: {self.personalised:,} personalised lists, "
-                f"{self.opted_out:,} non-personalised (opted out); top-{self.k}, catalogue "
+                f"{self.opted_out:,} non-personalised (opted out), {self.no_history:,} "
+                f"non-personalised (no history to go on); top-{self.k}, catalogue "
                 f"coverage {self.coverage:.1%}, intra-list diversity {self.diversity:.3f}; "
                 f"written to {self.path}")
 
 
 def serve_silo(silo_dir: Path, model_path: Path, k: int = 10, diversity: float = 0.0,
                explore: float = 0.0, seed: int = 0) -> ServingSummary:
-    """Recommend ``k`` items to every customer of the silo with a purchase history."""
+    """Recommend ``k`` items to every customer of the silo.
+
+    A customer with no history in the catalogue (a new customer, say) gets the
+    model's non-personalised ranking, as an opted-out customer does; the
+    ``personalised`` column says which lists used the customer's history.
+    """
     model, catalog = load_recommender(model_path)
     with SiloStore.open(silo_dir) as store:
         inter = load_interactions(store)
     baskets = customer_baskets(inter, catalog)
-    users = np.array([u for u, b in enumerate(baskets) if b], dtype=np.int64)
+    users = np.arange(inter.n_users, dtype=np.int64)
     histories = [baskets[u] for u in users]
     opted_out = inter.opt_out[users]
+    personalised = np.array([bool(h) for h in histories]) & ~opted_out
     lists = recommend(model, histories, k=k, diversity=diversity, explore=explore, seed=seed,
                       opted_out=opted_out)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["customer_key", "rank", "item", "personalised"])
-    for u, items, opted in zip(users, lists, opted_out, strict=True):
+    for u, items, personal_list in zip(users, lists, personalised, strict=True):
         for rank, item in enumerate(items, 1):
-            writer.writerow([inter.users[u], rank, catalog.items[item], str(not opted).lower()])
+            writer.writerow([inter.users[u], rank, catalog.items[item], str(personal_list).lower()])
     path = Path(silo_dir) / RECOMMENDATIONS_FILE
     atomic_write_text(path, out.getvalue())
-    personal = [items for items, opted in zip(lists, opted_out, strict=True) if not opted]
+    personal = [items for items, p in zip(lists, personalised, strict=True) if p]
     return ServingSummary(
         path=path, customers=len(users), personalised=len(personal),
-        opted_out=int(opted_out.sum()), k=k,
+        opted_out=int(opted_out.sum()), no_history=int((~personalised & ~opted_out).sum()), k=k,
         coverage=catalogue_coverage(lists, len(catalog)) if lists else 0.0,
         diversity=intra_list_diversity(personal, model.item_vectors()) if personal else 0.0)

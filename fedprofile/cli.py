@@ -265,6 +265,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from fedprofile.simulations.segment_run import run_segment_job
 
+    args.set = ["job=segment", "dp=true", *(args.set or [])]  # DP only; the user may tune it
     result = run_segment_job(_train_config(args), progress=_progress)
     _progress(Path(result["run_dir"], "segments.txt").read_text().rstrip())
     ref = result.get("noise_free_reference")
@@ -655,8 +656,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IngestError as err:
         print(f"fedprofile: {err}", file=sys.stderr)
         return EXIT_INPUT
-    except (ConfigError, StoreError, KeyringError, TamperError, LedgerError, FileNotFoundError,
-            FileExistsError, ValueError) as err:
+    except (ConfigError, StoreError, KeyringError, TamperError, LedgerError, OSError,
+            ValueError) as err:
         print(f"fedprofile: error: {err}", file=sys.stderr)
         return EXIT_INPUT
     except SimulationError as err:

@@ -121,6 +121,10 @@ class TrainConfig:
 
         if self.purpose and self.purpose not in PURPOSES:
             raise ConfigError(f"unknown purpose {self.purpose!r}; known: {', '.join(sorted(PURPOSES))}")
+        if self.job == "segment" and not self.dp:
+            raise ConfigError("segmentation releases noisy statistics only: set dp = true "
+                              "(with dp-target-epsilon or dp-noise-multiplier); without noise a "
+                              "small cluster's sums would be its customers' exact profiles")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
 

@@ -15,6 +15,7 @@ history is what makes the epsilon cumulative across rounds and runs.
 from __future__ import annotations
 
 import math
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -119,17 +120,28 @@ def make_private(model: nn.Module, optimiser: torch.optim.Optimizer, loader: Dat
         raise ValueError("a criterion is needed for ghost clipping, and only for it")
     from fedprofile.privacy._opacus import opacus
 
+    # The noise and the Poisson sampling must not be reproducible by anyone
+    # else: the run's seed is in the run config the server sends, so a generator
+    # seeded from it would let the server regenerate (and subtract) the noise.
+    # Both generators are seeded from OS entropy instead; only non-DP training
+    # is reproducible from the seed.
+    noise_generator = torch.Generator().manual_seed(secrets.randbits(63))
+    sampling_generator = torch.Generator().manual_seed(secrets.randbits(63))
+    loader = DataLoader(loader.dataset, batch_size=loader.batch_size,
+                        collate_fn=loader.collate_fn, generator=sampling_generator)
+
     with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off: the noise comes from torch's PRNG,
-        # not a CSPRNG. That is documented in the README (a known limit), so the
-        # warning is not repeated on every round of every silo.
+        # Opacus warns that secure_mode is off: the noise comes from torch's PRNG
+        # (seeded from OS entropy above), not a CSPRNG. That is documented in the
+        # README (a known limit), so the warning is not repeated every round.
         warnings.simplefilter("ignore", UserWarning)
         engine = opacus.PrivacyEngine(accountant="rdp", secure_mode=False)
         extra = {} if criterion is None else {"criterion": criterion}
         wrapped = engine.make_private(
             module=model, optimizer=optimiser, data_loader=loader,
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.clip_norm,
-            poisson_sampling=True, grad_sample_mode=grad_sample_mode, **extra,
+            poisson_sampling=True, grad_sample_mode=grad_sample_mode,
+            noise_generator=noise_generator, **extra,
         )
     if criterion is None:
         private_model, private_opt, private_loader = wrapped

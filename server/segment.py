@@ -4,15 +4,15 @@ The server holds centroids only. Each release it sends them to every silo and
 receives noisy per-cluster sums and counts (see :mod:`fedprofile.client.segmenting`);
 it merges them and moves the centroids (Lloyd's update). The first release
 seeds the centroids from data-independent candidates (:func:`seed_centroids`).
-With ``dp = true`` every silo's releases are charged to the privacy-budget
-ledger under purpose ``segmentation`` before any release happens. The report
+Segmentation is DP only (the silos refuse to release exact statistics): every
+silo's releases are reserved in the privacy-budget ledger under purpose
+``segmentation`` before the first one, and settled with those actually sent. The report
 withholds any segment or per-silo cell under ``segment-k-min`` customers.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -75,34 +75,33 @@ def spent(plan_sigma: float, delta: float, n_releases: int) -> dict[str, float]:
 
 
 def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
-    """Seed, iterate, report; returns what ``segments.json`` holds."""
+    """Reserve, seed, iterate, report; returns what ``segments.json`` holds.
+
+    Every release is charged, counted when it is *sent*: a silo that answered
+    spent budget on it even if another silo failed and the run stopped there.
+    """
     started = time.perf_counter()
     config = segment_config(cfg)
     nodes = sorted(grid.get_node_ids())
     k = cfg.segments
-    log(INFO, "fedprofile: federated segmentation, k=%d, %d iterations over %d silos%s", k,
-        cfg.segment_iterations, len(nodes), " with DP" if cfg.dp else " (no DP)")
-    with ExitStack() as stack:
-        sigma: float | None = None
-        budget = None
-        if cfg.dp:
-            budget = stack.enter_context(charged(grid, cfg, config, run_id, run_dir.name))
-            sigmas = {float(r.params["noise_multiplier"]) for r in budget.reservations.values()}
-            if len(sigmas) != 1:  # every silo plans from the same config and formula
-                raise RuntimeError(f"silos planned different noise multipliers: {sorted(sigmas)}")
-            sigma = sigmas.pop()
+    log(INFO, "fedprofile: federated segmentation, k=%d, %d iterations over %d silos with DP",
+        k, cfg.segment_iterations, len(nodes))
+    history: list[dict[str, Any]] = []
+    with charged(grid, cfg, config, run_id, run_dir.name) as budget:
+        sigmas = {float(r.params["noise_multiplier"]) for r in budget.reservations.values()}
+        if len(sigmas) != 1:  # every silo plans from the same config and formula
+            raise RuntimeError(f"silos planned different noise multipliers: {sorted(sigmas)}")
+        sigma = sigmas.pop()
         floor = default_min_count(sigma, len(nodes))
-        done = 0
+        sent = 0
         try:
             candidates = init_centroids(k * CANDIDATES_PER_CLUSTER, SEGMENT_DIM, cfg.seed)
+            sent += 1
             seeding = _release(grid, nodes, candidates, config, cfg.round_timeout)
-            done = 1
             centroids = seed_centroids(merge(list(seeding.values())), candidates, k, floor, cfg.seed)
-            history: list[dict[str, Any]] = []
-            per_silo: dict[str, ClusterStats] = {}
             for iteration in range(1, cfg.segment_iterations + 1):
+                sent += 1
                 per_silo = _release(grid, nodes, centroids, config, cfg.round_timeout)
-                done += 1
                 total = merge(list(per_silo.values()))
                 moved = update_centroids(total, centroids, floor)
                 shift = float(np.abs(moved - centroids).max())
@@ -111,34 +110,32 @@ def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -
                 history.append({"iteration": iteration, "max_shift": shift})
                 log(INFO, "fedprofile: segmentation iteration %d/%d: centroids moved by at most "
                     "%.4f", iteration, cfg.segment_iterations, shift)
-                centroids_sizes = total.counts
+                sizes = total.counts
                 centroids = moved
         finally:
-            if budget is not None and sigma is not None and done:
-                budget.spent = {silo: spent(float(r.params["noise_multiplier"]), cfg.dp_delta, done)
-                                for silo, r in budget.reservations.items()}
-    if done != releases(config):
-        raise RuntimeError(f"segmentation stopped after {done} releases")
+            budget.spent = {silo: spent(float(r.params["noise_multiplier"]), cfg.dp_delta, sent)
+                            for silo, r in budget.reservations.items()} if sent else {}
+    if sent != releases(config):
+        raise RuntimeError(f"segmentation stopped after {sent} releases")
     # The last release's counts are the segment sizes under the centroids it was
     # computed for; one more update moved them, so the sizes describe the
     # segments up to that last (small) move.
-    report = segment_report(centroids, centroids_sizes,
-                            {s: per_silo[s].counts for s in sorted(per_silo)},
+    report = segment_report(centroids, sizes, {s: per_silo[s].counts for s in sorted(per_silo)},
                             PROFILE_VECTOR_FEATURES, decode_vector, k_min=cfg.segment_k_min)
+    shown = [row.size is not None for row in report.rows]
     result = {
-        "config": {"segments": k, "iterations": cfg.segment_iterations, "dp": cfg.dp,
-                   "noise_multiplier": sigma, "clip_norm": CLIP_NORM, "releases": done,
+        "config": {"segments": k, "iterations": cfg.segment_iterations,
+                   "noise_multiplier": sigma, "clip_norm": CLIP_NORM, "releases": sent,
                    "min_count": floor, "k_min": cfg.segment_k_min, "seed": cfg.seed},
         "features": list(PROFILE_VECTOR_FEATURES),
-        "centroids": centroids.tolist(),
+        # In [0, 1]^d feature space, for labelling customers inside the silos;
+        # a suppressed segment's centroid is withheld here as in the report.
+        "centroids": [c.tolist() if ok else None for c, ok in zip(centroids, shown, strict=True)],
         "report": report.to_dict(),
         "history": history,
-        "privacy": ({"purpose": cfg.effective_purpose, "delta": cfg.dp_delta,
-                     "mechanism": "gaussian (noisy cluster sums and counts per silo)",
-                     "privacy_unit": "customer",
-                     "silos": budget.spent if budget is not None else {}}
-                    if cfg.dp else {"dp": False,
-                                    "note": "no noise: sizes are exact; only k-suppression applies"}),
+        "privacy": {"purpose": cfg.effective_purpose, "delta": cfg.dp_delta,
+                    "mechanism": "gaussian (noisy cluster sums and counts per silo)",
+                    "privacy_unit": "customer", "silos": budget.spent},
         "seconds": time.perf_counter() - started,
     }
     atomic_write_json(run_dir / SEGMENTS_FILE, result)

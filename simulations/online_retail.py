@@ -29,6 +29,7 @@ import datetime as dt
 import gzip
 import io
 import re
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -226,8 +227,11 @@ def build_retail_silos(silos_dir: Path, keys_for: Callable[[Path], SiloKeys],
     """Clean the data set and load each region into its own silo, through generic ingestion.
 
     The same path a user's own export takes (``fedprofile silo ingest-interactions``
-    with a column mapping). The cleaned files still carry raw customer ids, so
-    they live only in a private temporary folder for as long as ingestion takes.
+    with a column mapping). All or nothing across the regions: the silos are
+    built in a staging folder and moved into ``silos_dir`` only when every one
+    of them loaded. The cleaned files still carry raw customer ids, so they
+    live only in that staging folder, which is removed at the end, and on
+    failure.
     """
     path = Path(path)
     if not path.is_file():
@@ -235,24 +239,37 @@ def build_retail_silos(silos_dir: Path, keys_for: Callable[[Path], SiloKeys],
                                 "PATH to online_retail.csv.gz")
     silos_dir = Path(silos_dir)
     for region in REGIONS:
-        refuse_populated_silo(silos_dir / region)
+        if (silos_dir / region).exists():
+            refuse_populated_silo(silos_dir / region)
+            if any((silos_dir / region).iterdir()):
+                raise FileExistsError(f"{silos_dir / region} exists and is not empty: pass a new "
+                                      "--silos-dir")
     progress(f"reading and cleaning {path}" + (f" (first {limit:,} rows)" if limit else "") + " ...")
     silos_dir.mkdir(parents=True, exist_ok=True)
-    built: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(dir=silos_dir, prefix=".cleaned-") as tmp:
-        files, cleaning = write_silo_files(Path(tmp), path, limit)
+    staging = Path(tempfile.mkdtemp(dir=silos_dir, prefix=".building-"))
+    try:
+        files, cleaning = write_silo_files(staging / "cleaned", path, limit)
         progress(f"  {cleaning}")
         mapping = ColumnMapping(**SILO_FILE_MAPPING)
         maps = " ".join(f"--map {target}={source}" for target, source in mapping.pairs())
         for region, export in files.items():
-            silo_dir = silos_dir / region
-            progress(f"ingesting the cleaned {region} lines into {silo_dir} (the same as "
-                     f"`fedprofile silo ingest-interactions {silo_dir} {export.name} {maps}`) ...")
-            report = ingest_interactions(silo_dir, export, mapping, keys=keys_for(silo_dir),
-                                         silo_name=region)
+            progress(f"ingesting the cleaned {region} lines into {silos_dir / region} (the same "
+                     f"as `fedprofile silo ingest-interactions {silos_dir / region} "
+                     f"{export.name} {maps}`) ...")
+            # The silo's identity key is written inside it, so it moves with the silo.
+            report = ingest_interactions(staging / region, export, mapping,
+                                         keys=keys_for(staging / region), silo_name=region)
             if on_report is not None:
-                on_report(silo_dir, report)
-            built[region] = silo_dir
+                on_report(silos_dir / region, report)
+        shutil.rmtree(staging / "cleaned")  # raw ids: gone before anything is moved into place
+        built: dict[str, Path] = {}
+        for region in files:
+            if (silos_dir / region).exists():
+                (silos_dir / region).rmdir()  # checked empty above
+            (staging / region).rename(silos_dir / region)
+            built[region] = silos_dir / region
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     for region in REGIONS:
         if region not in files:
             progress(f"  note: no customer left in region {region!r}; no silo written for it")

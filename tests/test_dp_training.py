@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedprofile.config import TrainConfig
 from fedprofile.models.dp import DPParams, sample_rate, train_local_dp
 from fedprofile.models.propensity import build_model
-from fedprofile.models.training import TrainParams
+from fedprofile.models.training import TrainParams, train_local
 from fedprofile.privacy.accounting import MechanismStep, epsilon
 from fedprofile.simulations.training import run_training
 
@@ -35,6 +36,30 @@ def test_dp_sgd_steps_match_poisson_sampling() -> None:
     with pytest.raises(ValueError, match="noise multiplier"):
         DPParams(noise_multiplier=0.0)
     assert sample_rate(500, 100) == 1.0
+
+
+def test_dp_noise_is_not_reproducible_from_the_run_seed() -> None:
+    """The seed travels in the run config the server sends: the noise must not follow it.
+
+    Plain training with one seed is reproducible; DP training with the same
+    seed and start weights must not be, or the server could regenerate the
+    noise and subtract it.
+    """
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 56)).astype(np.float32)
+    y = (rng.random(400) < 0.3).astype(np.float32)
+    params = TrainParams(epochs=1, batch_size=100, seed=3)
+
+    def weights(dp: bool) -> torch.Tensor:
+        model = build_model(56, seed=0)
+        if dp:
+            train_local_dp(model, x, y, params, DPParams(noise_multiplier=1.0))
+        else:
+            train_local(model, x, y, params)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert torch.equal(weights(False), weights(False))
+    assert not torch.equal(weights(True), weights(True))
 
 
 def test_federated_dp_run_reports_cumulative_customer_level_epsilon(silos_dir: Path,

@@ -303,6 +303,30 @@ def test_every_problem_is_reported_at_once(domain: Domain, tmp_path: Path) -> No
     assert not silo_dir.exists(), "a rejected first ingestion must not create a silo"
 
 
+def test_float_user_ids_from_pandas_load_and_bad_ids_are_not_echoed(
+        domain: Domain, tmp_path: Path) -> None:
+    """pandas stores an integer id column with gaps as float64: 17850.0 is user 17850."""
+    pq.write_table(pa.table({"uid": pa.array([17850.0, 12583.0], pa.float64()),
+                             "item": ["a", "b"], "at": ["2011-01-01", "2011-01-02"]}),
+                   tmp_path / "floats.parquet")
+    silo_dir = tmp_path / "shop"
+    keys = domain.keys(silo_dir)
+    mapping = ColumnMapping(user="uid", item="item", timestamp="at")
+    ingest_interactions(silo_dir, tmp_path / "floats.parquet", mapping, keys=keys)
+    with SiloStore.open(silo_dir) as store:
+        assert set(load_interactions(store).users) == {key_of(keys, "17850"),
+                                                       key_of(keys, "12583")}
+    pq.write_table(pa.table({"uid": pa.array([17850.5, float("nan")], pa.float64()),
+                             "item": ["a", "b"], "at": ["2011-01-03", "2011-01-04"]}),
+                   tmp_path / "bad-floats.parquet")
+    with pytest.raises(IngestError) as info:
+        ingest_interactions(silo_dir, tmp_path / "bad-floats.parquet", mapping, keys=keys)
+    message = str(info.value)
+    assert "row 1: field 'uid': expected an id (text or a whole number)" in message
+    assert "row 2: field 'uid': is required but empty" in message
+    assert "17850" not in message  # a rejected id is never echoed
+
+
 def test_parquet_bad_value_names_row_and_field(silo: Path, domain: Domain, tmp_path: Path) -> None:
     before = store_digest(silo)
     pq.write_table(pa.table({"member": ["u1", "u2"], "sku": ["a", "b"],

@@ -338,3 +338,19 @@ def test_report_decodes_to_feature_units_and_serialises() -> None:
     assert "10,000" in report.to_text()
     with pytest.raises(ValueError, match="feature_names"):
         segment_report(np.zeros((2, 2)), np.ones(2), None, ["only one"])
+
+
+def test_two_small_cells_are_not_recoverable_from_the_total() -> None:
+    """b and c are hidden, but 507 - 500 = 7 would give their (small) total away."""
+    from fedprofile.client.segments import segment_report
+
+    report = segment_report(np.full((1, 2), 0.5), np.array([507.0]),
+                            {"a": np.array([500.0]), "b": np.array([3.0]),
+                             "c": np.array([4.0])}, ["x", "y"], k_min=10)
+    assert report.to_dict()["segments"][0]["per_silo"] == {"a": None, "b": None, "c": None}
+    # hidden cells that add up to at least k_min need no complement
+    report = segment_report(np.full((1, 2), 0.5), np.array([520.0]),
+                            {"a": np.array([500.0]), "b": np.array([3.0]),
+                             "c": np.array([17.0])}, ["x", "y"], k_min=10)
+    assert report.to_dict()["segments"][0]["per_silo"] == {"a": 500, "b": None, "c": None}
+    assert report.complementary_cells == 1

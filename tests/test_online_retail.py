@@ -99,3 +99,28 @@ def test_the_real_file(tmp_path: Path) -> None:
     for interactions in silos.values():
         for i in interactions[:2000]:
             assert PRODUCT_CODE.match(i.item) and i.value > 0
+
+
+def test_build_retail_silos_is_all_or_nothing(tmp_path: Path, domain) -> None:  # noqa: ANN001
+    """A failure in one region leaves no silo and no cleaned file (raw ids) behind."""
+    from fedprofile.client.store import SiloStore
+    from fedprofile.simulations.online_retail import build_retail_silos
+
+    data = _write(tmp_path, LINES)
+    silos = tmp_path / "silos"
+
+    def keys_failing_on_eu(silo_dir: Path):  # noqa: ANN202
+        if silo_dir.name == "eu":
+            raise RuntimeError("keyring unavailable")
+        return domain.keys(silo_dir)
+
+    with pytest.raises(RuntimeError, match="keyring unavailable"):
+        build_retail_silos(silos, keys_failing_on_eu, data, progress=lambda _m: None)
+    assert list(silos.iterdir()) == []
+
+    built = build_retail_silos(silos, domain.keys, data, progress=lambda _m: None)
+    assert sorted(p.name for p in silos.iterdir()) == ["eu", "rest", "uk"] == sorted(built)
+    with SiloStore.open(silos / "eu") as store:
+        assert store.counts()["interactions"] == 2 and store.name == "eu"
+    with pytest.raises(FileExistsError, match="already holds a silo store"):
+        build_retail_silos(silos, domain.keys, data, progress=lambda _m: None)

@@ -78,9 +78,14 @@ def test_serving_top_k_with_opt_out(retail_silos: Path, tmp_path: Path,
     with open(silo / "recommendations.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     lists: dict[str, list[str]] = {}
+    flags: dict[str, set[str]] = {}
     for row in rows:
         lists.setdefault(row["customer_key"], []).append(row["item"])
-        assert row["personalised"] == ("false" if row["customer_key"] in keys else "true")
+        flags.setdefault(row["customer_key"], set()).add(row["personalised"])
+    assert all(flags[k] == {"false"} for k in keys)
+    with SiloStore.open(silo) as store:  # every customer gets a list
+        assert len(lists) == store.counts()["customers"]
+    assert sum(f == {"true"} for f in flags.values()) > 0.9 * len(flags)
     assert all(len(items) == 5 and len(set(items)) == 5 for items in lists.values())
     model, catalog = load_recommender(run_dir / "model.pt")
     generic = [catalog.items[i] for i in top_k(model.non_personalised_scores()[None, :], 5)[0]]

@@ -13,10 +13,10 @@ from fedprofile.client.interactions import load_interactions
 from fedprofile.client.profiles import compute_profiles, profile_vectors
 from fedprofile.client.segmenting import CLIP_NORM
 from fedprofile.client.store import SiloStore
-from fedprofile.config import TrainConfig
+from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.models.kmeans import federated_kmeans, kmeans_privacy_steps
 from fedprofile.privacy.accounting import epsilon
-from fedprofile.simulations.segment_run import run_segment_job
+from fedprofile.simulations.segment_run import centroid_gap, run_segment_job
 
 from .conftest import open_ledger, workspace_ledger
 
@@ -32,20 +32,32 @@ def _vectors(silos_dir: Path) -> list[np.ndarray]:
     return out
 
 
-def test_without_noise_flower_reproduces_the_in_process_protocol(silos_dir: Path,
-                                                                 tmp_path: Path) -> None:
-    """The networked run is the reference protocol exactly: same seeding, same updates."""
+def test_flower_runs_the_in_process_protocol(silos_dir: Path, tmp_path: Path) -> None:
+    """With little noise the networked run lands where the reference protocol does.
+
+    (The silos' noise comes from OS entropy, so the two cannot be equal; with
+    noise multiplier 0.1 they agree to a small fraction of the feature box.)
+    """
+    workspace_ledger(tmp_path, {s: 1000.0 for s in SILOS}, "segmentation")
     cfg = TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path), segments=4,
-                      segment_iterations=3, segment_k_min=10, seed=5)
+                      segment_iterations=3, segment_k_min=10, seed=5, job="segment", dp=True,
+                      dp_noise_multiplier=0.1, dp_delta=1e-5)
     result = run_segment_job(cfg, progress=lambda _m: None, reference=False)
     ref = federated_kmeans(_vectors(silos_dir), 4, 3, None, CLIP_NORM, seed=5)
-    np.testing.assert_allclose(np.array(result["centroids"]), ref.centroids, atol=1e-9)
-    report = result["report"]
-    shown = [r for r in report["segments"] if r["size"] is not None]
-    assert sum(r["size"] for r in shown) <= sum(int(c) for c in ref.counts[-1])
-    assert all(r["size"] >= 10 for r in shown)
-    assert result["privacy"]["dp"] is False
+    shown = [c for c in result["centroids"] if c is not None]
+    assert len(shown) == sum(r["size"] is not None for r in result["report"]["segments"])
+    gap = centroid_gap(np.array(shown), ref.centroids)
+    assert gap < 0.02, gap
+    assert all(r["size"] >= 10 for r in result["report"]["segments"] if r["size"] is not None)
     assert "sizes" not in json.dumps(result["history"])  # only the k-suppressed report has sizes
+
+
+def test_segmentation_is_dp_only(silos_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="noisy statistics only"):
+        TrainConfig(job="segment", dp=False)
+    with pytest.raises(ConfigError, match="noisy statistics only"):
+        run_segment_job(TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path)),
+                        progress=lambda _m: None)
 
 
 def test_dp_segmentation_is_charged_and_suppresses_small_groups(silos_dir: Path,
@@ -53,7 +65,7 @@ def test_dp_segmentation_is_charged_and_suppresses_small_groups(silos_dir: Path,
     ledger_path = workspace_ledger(tmp_path, {s: 10.0 for s in SILOS}, "segmentation")
     cfg = TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path), segments=8,
                       segment_iterations=4, dp=True, dp_target_epsilon=2.0, dp_delta=1e-5,
-                      segment_k_min=50)
+                      segment_k_min=50, job="segment")
     result = run_segment_job(cfg, progress=lambda _m: None)
     sigma = result["config"]["noise_multiplier"]
     assert result["config"]["releases"] == 5  # the seeding release and 4 iterations
@@ -75,7 +87,9 @@ def test_dp_segmentation_is_charged_and_suppresses_small_groups(silos_dir: Path,
         else:
             assert row["size"] >= 50
             assert all(v is None or v >= 50 for v in row["per_silo"].values())
-    assert result["noise_free_reference"]["mean_centroid_gap"] >= 0.0
+    for centroid, row in zip(result["centroids"], report["segments"], strict=True):
+        assert (centroid is None) == (row["size"] is None)  # withheld in the file too
+    assert set(result["noise_free_reference"]) == {"mean_centroid_gap", "note"}
 
 
 def test_cli_segment_refuses_without_a_ledger_and_profile_writes_csv(
