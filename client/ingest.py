@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import hashlib
 import io
 import math
@@ -196,6 +197,32 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def parse_number(value: Any, *, allow_negative: bool) -> float:
+    """A finite number (CSV text or a Parquet scalar) within ``MAX_AMOUNT`` in size.
+
+    Order amounts may not be negative; an interaction's value may (a refund).
+    """
+    if isinstance(value, bool):
+        raise _Bad(f"expected a number, got {_show(value)}")
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise _Bad(f"expected a number, got {_show(value)}") from None
+    elif isinstance(value, int | float | decimal.Decimal):
+        number = float(value)
+    else:
+        raise _Bad(f"expected a number, got {type(value).__name__} {_show(value)}")
+    if not math.isfinite(number):
+        raise _Bad(f"{_show(value)} is not a finite number")
+    if number < 0 and not allow_negative:
+        raise _Bad(f"{_show(value)} is negative")
+    if abs(number) > MAX_AMOUNT:
+        raise _Bad(f"{_show(value)} is implausibly large (max "
+                   f"{'±' if allow_negative else ''}{MAX_AMOUNT:,.0f})")
+    return number
+
+
 def _parse_value(col: Column, value: Any) -> Any:
     """Parse one raw value (CSV text or a Parquet scalar) into its stored form."""
     if isinstance(value, str):
@@ -217,24 +244,7 @@ def _parse_value(col: Column, value: Any) -> Any:
             raise _Bad(f"{_show(value)} is not one of {', '.join(col.choices)}")
         return value
     if col.kind is Kind.AMOUNT:
-        if isinstance(value, bool):
-            raise _Bad(f"expected a number, got {_show(value)}")
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise _Bad(f"expected a number, got {_show(value)}") from None
-        elif isinstance(value, int | float):
-            number = float(value)
-        else:
-            raise _Bad(f"expected a number, got {type(value).__name__} {_show(value)}")
-        if not math.isfinite(number):
-            raise _Bad(f"{_show(value)} is not a finite number")
-        if number < 0:
-            raise _Bad(f"{_show(value)} is negative")
-        if number > MAX_AMOUNT:
-            raise _Bad(f"{_show(value)} is implausibly large (max {MAX_AMOUNT:,.0f})")
-        return number
+        return parse_number(value, allow_negative=False)
     if col.kind is Kind.BOOL:
         if isinstance(value, bool):
             return int(value)

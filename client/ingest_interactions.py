@@ -14,7 +14,6 @@ file), and nothing is written unless the whole file is good.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import math
 import sqlite3
 from collections import Counter
@@ -27,8 +26,8 @@ from fedprofile.privacy.pseudonyms import pseudonymize_values
 from fedprofile.privacy.silo_keys import SiloKeys
 
 from .ingest import (IngestError, Problem, _Bad, _check_store_keys, _parse_value, _RawTable,
-                     _show, read_table_file)
-from .schema import MAX_AMOUNT, MAX_TEXT_LENGTH, Column, Kind
+                     parse_number, read_table_file)
+from .schema import Column, Kind
 from .store import CUSTOMER_COLUMNS, STORE_FILENAME, SiloStore
 
 MAX_LISTED_COLUMNS = 30
@@ -173,26 +172,9 @@ def _parse_number(value: Any) -> float | None:
     """An optional finite number; unlike an order amount it may be negative (a refund)."""
     if isinstance(value, str):
         value = value.strip()
-        if value == "":
-            return None
-    if value is None:
+    if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise _Bad(f"expected a number, got {_show(value)}")
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            raise _Bad(f"expected a number, got {_show(value)}") from None
-    elif isinstance(value, int | float | decimal.Decimal):
-        number = float(value)
-    else:
-        raise _Bad(f"expected a number, got {type(value).__name__} {_show(value)}")
-    if not math.isfinite(number):
-        raise _Bad(f"{_show(value)} is not a finite number")
-    if abs(number) > MAX_AMOUNT:
-        raise _Bad(f"{_show(value)} is implausibly large (max ±{MAX_AMOUNT:,.0f})")
-    return number
+    return parse_number(value, allow_negative=True)
 
 
 def _cached(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -61,7 +61,7 @@ from fedprofile.client.splits import basket_ids
 
 from .dp import DPParams, DPTrainStats, PrivateTraining, make_private
 from .ranking import RankingEvaluation
-from .training import TrainParams, TrainStats
+from .training import TrainParams, TrainStats, fit
 
 DEFAULT_DECAY = 0.8
 """Weight of a basket relative to the next one in a history (recency decay)."""
@@ -391,21 +391,9 @@ def train_recommender(model: RecommenderModel, data: RecTrainData, params: Train
     _check_pair(model, data)
     loader = _loader(data, params)
     data.reseed(params.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
-    loss_fn = _criterion()
-    model.train()
-    start = time.perf_counter()
-    total, seen = 0.0, 0
-    for _ in range(params.epochs):
-        for x, target in loader:
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), target)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
+    stats = fit(model, loader, _criterion(), params)
     model.eval()
-    return TrainStats(examples=seen, mean_loss=total / seen, seconds=time.perf_counter() - start)
+    return stats
 
 
 def _dp_epochs(private: PrivateTraining, model: nn.Module, epochs: int

@@ -8,6 +8,7 @@ optimiser, same batch size, same epochs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +59,15 @@ def make_loader(x: np.ndarray, y: np.ndarray, params: TrainParams) -> DataLoader
     return DataLoader(data, batch_size=params.batch_size, shuffle=True, generator=gen)
 
 
-def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams) -> TrainStats:
-    """Train ``model`` in place on (x, y) with Adam and binary cross-entropy."""
-    loader = make_loader(x, y, params)
+def fit(model: nn.Module, loader: DataLoader, loss_fn: Callable[..., torch.Tensor],
+        params: TrainParams) -> TrainStats:
+    """The plain (non-DP) training loop every model shares: Adam over ``loader``'s batches.
+
+    One loop for the propensity model and the recommender, for federated
+    rounds, silo-alone baselines and the centralized oracle alike, so they are
+    compared on equal terms.
+    """
     optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
-    loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     start = time.perf_counter()
     total, seen = 0.0, 0
@@ -75,7 +80,12 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainPar
             total += float(loss.detach()) * len(yb)
             seen += len(yb)
     elapsed = time.perf_counter() - start
-    return TrainStats(examples=seen, mean_loss=total / seen, seconds=elapsed)
+    return TrainStats(examples=seen, mean_loss=total / max(seen, 1), seconds=elapsed)
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, params: TrainParams) -> TrainStats:
+    """Train ``model`` in place on (x, y) with Adam and binary cross-entropy."""
+    return fit(model, make_loader(x, y, params), nn.BCEWithLogitsLoss(), params)
 
 
 @torch.no_grad()
