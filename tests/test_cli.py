@@ -96,8 +96,9 @@ def test_demo_command(tmp_path: Path) -> None:
     proc = run_cli("demo", "--workspace", str(workspace), "--customers", "1500",
                    "--rounds", "2", "--leak-guard", env_home=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for text in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "federated (FedAvg)",
-                 "centralized oracle", "each silo alone", "demo finished"):
+    for text in (*(f"[{i}/7]" for i in range(1, 8)), "customers profiled", "tags:",
+                 "Customer segments:", "federated (FedAvg)", "centralized oracle",
+                 "each silo alone", "demo finished"):
         assert text in proc.stdout, text
     assert "leak guard:" in proc.stdout and ", 0 leak(s)" in proc.stdout
     for silo in ("flights", "hotels", "datapacks"):
@@ -105,7 +106,10 @@ def test_demo_command(tmp_path: Path) -> None:
         assert checked and all(line.endswith("findings=0") for line in checked), silo
         assert all("identifiers=0" not in line for line in checked), "the guard had no needles"
     runs = sorted((workspace / "runs").iterdir())
-    assert len(runs) == 2  # training and the PSI
+    assert len(runs) == 3  # training, segmentation and the PSI
+    segments = next(r for r in runs if (r / "segments.json").exists())
+    assert json.loads((segments / "segments.json").read_text())["privacy"]["purpose"] == \
+        "segmentation"
     train_run = next(r for r in runs if (r / "metrics.json").exists())
     assert (train_run / "auc_by_round.png").is_file()
     metrics = json.loads((train_run / "metrics.json").read_text())
