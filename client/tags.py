@@ -27,14 +27,15 @@ import operator
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["NUMERIC_FIELDS", "TEXT_FIELDS", "OPERATORS", "DEFAULT_TAGS_FILE", "TagRuleError",
-           "Condition", "TagRule", "parse_tag_rules", "load_tag_rules", "apply_tags"]
+           "Condition", "TagRule", "parse_tag_rules", "parse_rules", "load_tag_rules", "load_rules",
+           "apply_tags"]
 
 NUMERIC_FIELDS: tuple[str, ...] = (
     "recency_days", "frequency", "monetary", "avg_order_value", "tenure_days",
@@ -100,11 +101,16 @@ class Condition:
 
 @dataclass(frozen=True)
 class TagRule:
-    """A named tag: a customer gets it when every condition holds."""
+    """A named tag (or tier): a customer gets it when every condition holds.
+
+    ``extra`` holds the rule's other keys where the file kind allows them (a
+    tier's coupon, say); plain tags have none.
+    """
 
     name: str
     description: str
     conditions: tuple[Condition, ...]
+    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 def _parse_condition(text: object, where: str) -> Condition:
@@ -151,25 +157,38 @@ def _parse_condition(text: object, where: str) -> Condition:
 
 def parse_tag_rules(document: Mapping[str, object], source: str) -> list[TagRule]:
     """Tag rules from a parsed TOML document; ``source`` names it in errors."""
-    unknown = sorted(set(document) - {"tags"})
+    return parse_rules(document, source)
+
+
+def parse_rules(document: Mapping[str, object], source: str, section: str = "tags",
+                extra_keys: Sequence[str] = ()) -> list[TagRule]:
+    """Named condition rules from ``[<section>.<name>]`` tables, in file order.
+
+    Shared by tags and by membership tiers (which add a coupon per rule via
+    ``extra_keys``), so both are written and validated the same way.
+    """
+    kind = section[:-1] if section.endswith("s") else section
+    allowed = (*_TAG_KEYS, *extra_keys)
+    unknown = sorted(set(document) - {section})
     if unknown:
         raise TagRuleError(f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; "
-                           "tags go in [tags.<name>] tables")
-    tags = document.get("tags")
+                           f"{section} go in [{section}.<name>] tables")
+    tags = document.get(section)
     if not isinstance(tags, Mapping) or not tags:
-        raise TagRuleError(f"{source}: no tags: expected at least one [tags.<name>] table")
+        raise TagRuleError(f"{source}: no {section}: expected at least one [{section}.<name>] "
+                           "table")
     rules: list[TagRule] = []
     for name, body in tags.items():
-        where = f"{source}: tag {name!r}"
+        where = f"{source}: {kind} {name!r}"
         if not _TAG_NAME.match(name):
             raise TagRuleError(f"{where}: a tag name is letters, digits, '-' and '_', "
                                "starting with a letter or digit")
         if not isinstance(body, Mapping):
             raise TagRuleError(f"{where}: must be a table with 'when' (and 'description')")
-        extra = sorted(set(body) - set(_TAG_KEYS))
+        extra = sorted(set(body) - set(allowed))
         if extra:
             raise TagRuleError(f"{where}: unknown key(s) {', '.join(map(repr, extra))} "
-                               f"(known: {', '.join(_TAG_KEYS)})")
+                               f"(known: {', '.join(allowed)})")
         description = body.get("description", "")
         if not isinstance(description, str):
             raise TagRuleError(f"{where}: 'description' must be a string")
@@ -180,26 +199,33 @@ def parse_tag_rules(document: Mapping[str, object], source: str) -> list[TagRule
             _parse_condition(c, f"{where}: condition {i} {c!r}" if isinstance(c, str)
                              else f"{where}: condition {i}")
             for i, c in enumerate(when, start=1))
-        rules.append(TagRule(name=name, description=description, conditions=conditions))
+        rules.append(TagRule(name=name, description=description, conditions=conditions,
+                             extra={k: body[k] for k in extra_keys if k in body}))
     return rules
 
 
 def load_tag_rules(path: Path | None = None) -> list[TagRule]:
     """The tag rules in ``path``, or the packaged defaults when ``path`` is None."""
+    return load_rules(path, DEFAULT_TAGS_FILE)
+
+
+def load_rules(path: Path | None, packaged_file: str, section: str = "tags",
+               extra_keys: Sequence[str] = ()) -> list[TagRule]:
+    """Rules from ``path``, or from the packaged ``packaged_file`` when ``path`` is None."""
     if path is None:
-        packaged = resources.files(__package__).joinpath(DEFAULT_TAGS_FILE)
-        return parse_tag_rules(tomllib.loads(packaged.read_text(encoding="utf-8")),
-                               DEFAULT_TAGS_FILE)
+        packaged = resources.files(__package__).joinpath(packaged_file)
+        return parse_rules(tomllib.loads(packaged.read_text(encoding="utf-8")), packaged_file,
+                           section, extra_keys)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise TagRuleError(f"{path}: cannot read the tag file: {err.strerror or err}") from None
+        raise TagRuleError(f"{path}: cannot read the file: {err.strerror or err}") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:  # the message carries the line and column
         raise TagRuleError(f"{path}: not valid TOML: {err}") from None
-    return parse_tag_rules(document, str(path))
+    return parse_rules(document, str(path), section, extra_keys)
 
 
 def apply_tags(profiles_fields: Mapping[str, Sequence[object] | np.ndarray],
