@@ -285,6 +285,61 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_plan(plan) -> None:  # plan: CampaignPlan
+    _progress(f"campaign {plan.campaign_id} ({plan.case}) in silo {plan.silo}, as of "
+              f"{plan.created}: {plan.audience_size:,} customers, {plan.treated:,} treated (A), "
+              f"{plan.control:,} control (B); {plan.excluded_opted_out:,} opted out, left out")
+    for offer, count in sorted(plan.offers.items()):
+        _progress(f"  offer {offer!r}: {count:,} treated customers")
+    if plan.send_schedule:
+        days = sorted(plan.send_schedule)
+        _progress(f"  sends from {days[0]} to {days[-1]} ({len(days)} days)")
+    for note in plan.notes:
+        _progress(f"  note: {note}")
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from fedprofile.client.campaigns import save_audience_plan
+    from fedprofile.client.cases import repurchase_campaign, retention_campaign
+    from fedprofile.privacy.silo_keys import read_identity_key
+
+    silo_dir = Path(args.silo_dir).expanduser()
+    key = read_identity_key(silo_dir, _secret(args))  # before the work: the audience is sealed
+    if args.case == "retention":
+        plan, audience = retention_campaign(
+            silo_dir, args.id, tiers_file=Path(args.tiers).expanduser() if args.tiers else None,
+            as_of=args.as_of or "", treated_share=args.treated_share,
+            window_days=args.window_days)
+    else:
+        plan, audience = repurchase_campaign(
+            silo_dir, args.id, as_of=args.as_of or "", due_within_days=args.due_within_days,
+            lead_days=args.lead_days, treated_share=args.treated_share)
+    plan_path, sealed = save_audience_plan(silo_dir, plan, audience, key)
+    _print_plan(plan)
+    _progress(f"plan (counts only): {plan_path}\naudience (sealed, stays in the silo): {sealed}")
+    return 0
+
+
+def cmd_campaign_simulate(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.campaign_run import simulate_campaign
+
+    silo_dir = Path(args.silo_dir).expanduser()
+    out = Path(args.out).expanduser() if args.out else silo_dir.parent.parent / "campaigns" / args.id
+    result = simulate_campaign(Path(args.platform).expanduser(), _silo_keys(args, silo_dir),
+                               args.id, out, line=args.line, seed=args.seed)
+    _progress((out / "campaign-report.txt").read_text().rstrip())
+    truth = result["ground_truth"]
+    _progress(f"ground truth (simulation only): true lift {truth['true_lift']:+.4f}; the "
+              f"measured interval {'covers' if truth['interval_covers_true_lift'] else 'MISSES'} it")
+    if "targeting" in result:
+        t = result["targeting"]
+        _progress(f"targeting by score vs random: Qini {t['qini_by_score']:+.4f} vs "
+                  f"{t['qini_random']:+.4f}; uplift in the top 30% {t['uplift_at_30pct_by_score']:+.4f}"
+                  f" vs {t['uplift_at_30pct_random']:+.4f}")
+    _progress(f"report and plots: {out}")
+    return 0
+
+
 def cmd_psi(args: argparse.Namespace) -> int:
     import os
 
@@ -579,6 +634,39 @@ def build_parser() -> argparse.ArgumentParser:
                    "to items outside the customer's history")
     p.add_argument("--seed", type=int, default=0, help="exploration draws")
     p.set_defaults(func=cmd_recommend)
+
+    campaign = sub.add_parser("campaign", help="marketing campaigns a silo plans on its own "
+                              "customers (A/B split by pseudonym, opted-out customers left out)")
+    campaign_sub = campaign.add_subparsers(dest="case", required=True)
+    for case, help_text in (
+            ("retention", "case 2: membership tiers from frequency and spend, a coupon per tier"),
+            ("repurchase", "case 3: remind customers due to buy again (own rhythm), A only")):
+        p = campaign_sub.add_parser(case, help=help_text)
+        p.add_argument("silo_dir")
+        p.add_argument("--id", required=True, help="campaign id (letters, digits, . _ -)")
+        p.add_argument("--as-of", help="plan as of this date, YYYY-MM-DD (default: the day "
+                       "after the silo's last interaction)")
+        p.add_argument("--treated-share", type=float, default=0.5, help="share in group A")
+        if case == "retention":
+            p.add_argument("--tiers", help="tiers TOML (default: the packaged default_tiers.toml)")
+            p.add_argument("--window-days", type=int, default=3,
+                           help="days over which conversion is measured")
+        else:
+            p.add_argument("--due-within-days", type=int, default=14)
+            p.add_argument("--lead-days", type=int, default=2,
+                           help="send the reminder this many days before the predicted date")
+        _add_key_options(p)
+        p.set_defaults(func=cmd_campaign)
+    p = campaign_sub.add_parser("simulate", help="simulation only: play a planned campaign out "
+                                "against the synthetic platform's ground truth; A/B report")
+    p.add_argument("silo_dir")
+    p.add_argument("--id", required=True, help="the campaign's id")
+    p.add_argument("--platform", required=True, help="the generated platform directory")
+    p.add_argument("--line", help="line whose orders count as conversions (default: the silo's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="report directory (default: <workspace>/campaigns/<id>)")
+    _add_key_options(p)
+    p.set_defaults(func=cmd_campaign_simulate)
 
     p = sub.add_parser("psi", help="private set intersection between two silos over Flower "
                        "(first marketing case: international flyers without a data pack)")

@@ -1,0 +1,103 @@
+"""Marketing cases a silo runs on its own customers: each returns an audience and a plan.
+
+Case 2 (retention tiers) and case 3 (periodic repurchase reminders) need no
+other silo: they build on the silo's own profiles (:mod:`.profiles`). Both go
+through :func:`fedprofile.client.campaigns.plan_campaign`, so opted-out
+customers are dropped and counted, and the audience is split A/B by pseudonym.
+The audience (pseudonyms) stays sealed in the silo; the plan holds counts only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from .campaigns import Audience, CampaignPlan, opted_out_pseudonyms, plan_campaign
+from .interactions import load_interactions
+from .profiles import DAY, Profiles, compute_profiles
+from .segmenting import as_of_epoch
+from .store import SiloStore
+from .tiers import assign_tiers, load_tiers
+
+
+def _silo_profiles(silo_dir: Path, as_of: str) -> tuple[str, Profiles, frozenset[str]]:
+    with SiloStore.open(silo_dir) as store:
+        inter = load_interactions(store)
+        opted_out = opted_out_pseudonyms(store)
+    return inter.name, compute_profiles(inter, as_of=as_of_epoch(as_of)), opted_out
+
+
+def _date(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).date().isoformat()
+
+
+def _mean(values: np.ndarray) -> float:
+    known = values[np.isfinite(values)]
+    return float(known.mean()) if len(known) else 0.0
+
+
+def retention_campaign(silo_dir: Path, campaign_id: str, *, tiers_file: Path | None = None,
+                       as_of: str = "", treated_share: float = 0.5, window_days: int = 3,
+                       margin_rate: float = 0.1) -> tuple[CampaignPlan, Audience]:
+    """Case 2: every buyer gets their membership tier's coupon (group A) or nothing (B).
+
+    Tiers come from frequency and spend (:mod:`.tiers`). Each row's score is
+    the customer's churn risk, so a follow-up can target the most at-risk
+    first. Costs for the plan, in the silo's currency: a coupon costs its
+    tier's ``coupon_value`` times the customer's average order value (averaged
+    over the audience); a conversion earns ``margin_rate`` times that order value.
+    """
+    name, profiles, opted_out = _silo_profiles(Path(silo_dir), as_of)
+    tiers = {t.name: t for t in load_tiers(tiers_file)}
+    tier_of = assign_tiers(profiles, list(tiers.values()))
+    members = np.flatnonzero(tier_of != "")
+    offers = [f"{tier_of[i]}: {tiers[tier_of[i]].coupon}" for i in members]
+    aov = profiles.avg_order_value[members]
+    value = np.array([tiers[tier_of[i]].coupon_value for i in members])
+    counts = {t: int((tier_of == t).sum()) for t in tiers}
+    return plan_campaign(
+        campaign_id=campaign_id, case="retention-tiers", silo=name,
+        candidates=[str(u) for u in profiles.users[members]], opted_out=opted_out,
+        offers=offers, scores=[float(c) for c in profiles.churn_risk[members]],
+        treated_share=treated_share, window_days=window_days,
+        created=_date(profiles.as_of), coupon_cost=_mean(value * aov),
+        margin_per_conversion=_mean(margin_rate * aov),
+        notes=[f"tiers (customers before opt-out): "
+               + ", ".join(f"{t} {n:,}" for t, n in counts.items()),
+               "score = churn risk over the profiles' churn horizon"])
+
+
+def repurchase_campaign(silo_dir: Path, campaign_id: str, *, as_of: str = "",
+                        due_within_days: int = 14, lead_days: int = 2,
+                        treated_share: float = 0.5, margin_rate: float = 0.1
+                        ) -> tuple[CampaignPlan, Audience]:
+    """Case 3: remind customers whose own rhythm says they buy again soon (A), not B.
+
+    Candidates: customers with a predicted next purchase (last purchase plus
+    their own median interval) within ``due_within_days`` after ``as_of``, or
+    overdue by at most one interval. The reminder goes out ``lead_days``
+    before the predicted date (never before ``as_of``). The window over which
+    conversion is measured runs to the end of the due period.
+    """
+    if due_within_days < 1 or lead_days < 0:
+        raise ValueError("due_within_days must be >= 1 and lead_days >= 0")
+    name, profiles, opted_out = _silo_profiles(Path(silo_dir), as_of)
+    now = float(profiles.as_of)
+    due = profiles.predicted_next_purchase
+    interval = profiles.median_interval_days * DAY
+    known = np.isfinite(due) & np.isfinite(interval)
+    window_end = now + due_within_days * DAY
+    chosen = np.flatnonzero(known & (due <= window_end) & (due >= now - interval))
+    send = np.maximum(due[chosen] - lead_days * DAY, now)
+    return plan_campaign(
+        campaign_id=campaign_id, case="repurchase-reminder", silo=name,
+        candidates=[str(u) for u in profiles.users[chosen]], opted_out=opted_out,
+        offers="repurchase reminder", scores=[float(d) for d in profiles.days_until_next[chosen]],
+        send_at=[_date(t) for t in send], treated_share=treated_share,
+        window_days=due_within_days, created=_date(now), coupon_cost=0.0,
+        margin_per_conversion=_mean(margin_rate * profiles.avg_order_value[chosen]),
+        notes=[f"due within {due_within_days} days of {_date(now)} (or overdue by at most one "
+               f"interval); reminder {lead_days} days before the predicted date",
+               "score = days until the predicted purchase (negative: overdue)"])
