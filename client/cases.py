@@ -1,7 +1,9 @@
 """Marketing cases a silo runs on its own customers: each returns an audience and a plan.
 
-Case 2 (retention tiers) and case 3 (periodic repurchase reminders) need no
-other silo: they build on the silo's own profiles (:mod:`.profiles`). Both go
+Case 1 (cross-category acquisition) starts from the audience a private set
+intersection left sealed in the flights silo (:mod:`.audiences`). Case 2
+(retention tiers) and case 3 (periodic repurchase reminders) need no other
+silo: they build on the silo's own profiles (:mod:`.profiles`). All go
 through :func:`fedprofile.client.campaigns.plan_campaign`, so opted-out
 customers are dropped and counted, and the audience is split A/B by pseudonym.
 The audience (pseudonyms) stays sealed in the silo; the plan holds counts only.
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audiences import load_audience, load_summary
 from .campaigns import Audience, CampaignPlan, opted_out_pseudonyms, plan_campaign
 from .interactions import load_interactions
 from .profiles import DAY, Profiles, compute_profiles
@@ -101,3 +104,45 @@ def repurchase_campaign(silo_dir: Path, campaign_id: str, *, as_of: str = "",
         notes=[f"due within {due_within_days} days of {_date(now)} (or overdue by at most one "
                f"interval); reminder {lead_days} days before the predicted date",
                "score = days until the predicted purchase (negative: overdue)"])
+
+
+CROSS_SELL_AUDIENCE = "cross-sell-datapack"
+
+
+def cross_sell_campaign(silo_dir: Path, campaign_id: str, key: bytes, *,
+                        audience: str = CROSS_SELL_AUDIENCE, as_of: str = "",
+                        treated_share: float = 0.5, window_days: int = 3,
+                        coupon_cost: float = 10.0, margin_per_conversion: float = 25.0
+                        ) -> tuple[CampaignPlan, Audience]:
+    """Case 1: flyers abroad who buy no data pack from us get their destination's pack coupon.
+
+    The candidates are the PSI audience sealed in this (flights) silo by
+    ``fedprofile psi``: international flyers who are not data-pack customers,
+    each with the destination of their latest international flight. The
+    offer is that destination's pack; conversion is a data-pack order within
+    ``window_days`` (3 by default, as the product's case says). Money is in
+    the data-pack line's currency per redemption and per conversion.
+
+    Until the joint (vertical) model exists, candidates carry no score: the
+    audience is every matched flyer, split A/B.
+    """
+    silo_dir = Path(silo_dir)
+    payload = load_audience(silo_dir, audience, key)
+    rows = [(str(k), str(d)) for k, d in payload["rows"]]  # type: ignore[union-attr]
+    with SiloStore.open(silo_dir) as store:
+        name = store.name
+        opted_out = opted_out_pseudonyms(store)
+        last = store.execute("SELECT MAX(order_time) FROM orders").fetchone()[0]
+    created = as_of or (_date(last + DAY) if last is not None else dt.date.today().isoformat())
+    psi_opted_out = int(load_summary(silo_dir, audience).get("opted_out", 0))  # type: ignore[arg-type]
+    return plan_campaign(
+        campaign_id=campaign_id, case="cross-sell-datapack", silo=name,
+        candidates=[k for k, _ in rows], opted_out=opted_out,
+        offers=[f"data pack coupon: {d or 'any destination'}" for _, d in rows],
+        treated_share=treated_share, window_days=window_days, created=created,
+        coupon_cost=coupon_cost, margin_per_conversion=margin_per_conversion,
+        notes=[f"candidates: the sealed PSI audience {audience!r} "
+               f"(session {payload.get('session', '?')})",
+               f"the PSI audience already left out {psi_opted_out:,} flyers who opted out of "
+               "marketing",
+               "conversion: a data-pack order within the window (measure on line 'datapacks')"])

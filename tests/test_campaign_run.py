@@ -72,3 +72,26 @@ def test_cli_repurchase_plan_and_simulation(silos_dir: Path, platform_dir: Path,
     assert "absolute lift" in out and "ground truth (simulation only): true lift" in out
     _, repurchase_audience = repurchase_campaign(silos_dir / "hotels", "rep-cli")
     assert len(repurchase_audience.rows) == plan["audience_size"]
+
+
+def test_case_1_from_the_psi_audience_measured_on_data_packs(silos_dir: Path, platform_dir: Path,
+                                                              domain: Domain,
+                                                              tmp_path: Path) -> None:
+    """The flights silo's sealed PSI audience becomes a campaign measured on data-pack orders."""
+    from fedprofile.config import TrainConfig
+    from fedprofile.client.cases import cross_sell_campaign
+    from fedprofile.simulations.psi_run import run_psi_job
+
+    run_psi_job(TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path),
+                            key_file=str(domain.secret.path)), progress=lambda _m: None)
+    silo = silos_dir / "flights"
+    key = read_identity_key(silo, domain.secret)
+    plan, audience = cross_sell_campaign(silo, "xs-test", key)
+    assert plan.audience_size == len(audience.rows) > 50
+    assert all(offer.startswith("data pack coupon: ") for offer in plan.offers)
+    assert any("opted out" in note for note in plan.notes)
+    save_audience_plan(silo, plan, audience, key)
+    result = simulate_campaign(platform_dir, domain.keys(silo), "xs-test", tmp_path / "xs",
+                               line="datapacks", seed=1)
+    assert result["line"] == "datapacks"
+    assert result["ground_truth"]["true_lift"] > 0
