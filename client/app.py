@@ -3,9 +3,10 @@
 What leaves the silo, per message, is exactly: model weights, example counts,
 a mean training loss, and evaluation aggregates (AUC, log-loss, and counts of
 positives/negatives per score bin; for the recommender, metric sums). No
-customer id, feature row or label does. The recommender's and the
-segmentation's handlers live in :mod:`.recommending` and :mod:`.segmenting`;
-this module routes messages to them.
+customer id, feature row or label does. The recommender's, the
+segmentation's and the regional recommendation's handlers live in
+:mod:`.recommending`, :mod:`.segmenting` and :mod:`.regional`; this module
+routes messages to them.
 
 Which silo a ClientApp serves comes from its node: in a deployment the SuperNode
 is started with ``--node-config "silo-dir='/data/flights'"``; in the Simulation
@@ -33,7 +34,7 @@ from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
 from fedprofile.privacy.silo_keys import read_identity_key
 
-from . import recommending, segmenting
+from . import recommending, regional, segmenting
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
 from .node import (dp_round, dp_sgd_plan, plan_reply, resolve_silo_dir, silo_and_stamp,
@@ -99,6 +100,9 @@ def dp_plan(msg: Message, context: Context) -> Message:
     if config.get("job") == "segment":
         return plan_reply(segmenting.plan(config, context), msg, "gaussian-kmeans",
                           segmenting.CLIP_NORM)
+    if config.get("job") == "regional":
+        return plan_reply(regional.plan(config, context), msg, regional.MECHANISM,
+                          regional.sensitivity(int(config["regional-max-items"])))
     if _is_recommender(config):
         return plan_reply(recommending.plan(config, context), msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
@@ -109,6 +113,18 @@ def dp_plan(msg: Message, context: Context) -> Message:
 def segment_stats(msg: Message, context: Context) -> Message:
     """Federated segmentation: one noisy release of per-cluster sums and counts."""
     return segmenting.stats_reply(msg, context)
+
+
+@app.query("regional_agree")
+def regional_agree(msg: Message, context: Context) -> Message:
+    """Regional recommendation: this silo's region names and item codes (no counts)."""
+    return regional.agree_reply(msg, context)
+
+
+@app.query("regional_counts")
+def regional_counts(msg: Message, context: Context) -> Message:
+    """Regional recommendation: the one noisy release of region x item counts."""
+    return regional.counts_reply(msg, context)
 
 
 def _is_recommender(config: ConfigRecord) -> bool:

@@ -8,9 +8,10 @@ privacy spend accumulates over rounds are decided in one place.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -97,16 +98,37 @@ class DPPlan:
     rounds: int = 1
 
 
+def checked_delta(name: str, customers: int, config: Mapping[str, Any]) -> float:
+    """The run's delta, refused unless below 1/N for this silo's N customers."""
+    if customers < 1:
+        raise ValueError(f"silo {name} has no customers to take part")
+    delta = float(config["dp-delta"])
+    if delta >= 1.0 / customers:
+        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / customers:.2e} for silo "
+                         f"{name} ({customers} customers): a delta that large allows leaking a "
+                         "whole customer with that probability; lower it")
+    return delta
+
+
+def gaussian_plan(name: str, customers: int, config: Mapping[str, Any], releases: int,
+                  noise_for_target: Callable[[float, float], float]) -> DPPlan:
+    """A Gaussian mechanism over the whole silo (sample rate 1), ``releases`` times.
+
+    The noise is ``dp-noise-multiplier``, or, with ``dp-target-epsilon`` set,
+    ``noise_for_target(target, delta)`` (the job knows its own composition).
+    """
+    delta = checked_delta(name, customers, config)
+    sigma = float(config["dp-noise-multiplier"])
+    target = float(config["dp-target-epsilon"])
+    if target > 0:
+        sigma = noise_for_target(target, delta)
+    return DPPlan(name, sigma, 1.0, releases, delta, customers, 1)
+
+
 def dp_sgd_plan(name: str, customers: int, config: ConfigRecord) -> DPPlan:
     """Plan DP-SGD over ``customers`` training examples (one per customer)."""
     n = customers
-    if n < 1:
-        raise ValueError(f"silo {name} has no customers to train on")
-    delta = float(config["dp-delta"])
-    if delta >= 1.0 / n:
-        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / n:.2e} for silo "
-                         f"{name} ({n} customers): a delta that large allows leaking a "
-                         "whole customer with that probability; lower it")
+    delta = checked_delta(name, n, config)
     batch = int(config["batch-size"])
     q = sample_rate(batch, n)
     steps_per_round = int(config["local-epochs"]) * steps_per_epoch(batch, n)

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from fedprofile.models.kmeans import kmeans_privacy_steps, local_stats, noise_for_kmeans_target, privatize
 
 from .interactions import load_interactions
-from .node import DPPlan, silo_and_stamp
+from .node import DPPlan, gaussian_plan, silo_and_stamp
 from .profiles import PROFILE_VECTOR_FEATURES, compute_profiles, profile_vectors
 from .store import SiloStore
 
@@ -66,15 +66,9 @@ def releases(config: ConfigRecord) -> int:
 
 def segment_plan(name: str, customers: int, config: ConfigRecord) -> DPPlan:
     """The Gaussian mechanism this silo runs per release; every customer is in every release."""
-    delta = float(config["dp-delta"])
-    if delta >= 1.0 / customers:
-        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / customers:.2e} for silo "
-                         f"{name} ({customers} customers); lower it")
-    sigma = float(config["dp-noise-multiplier"])
-    target = float(config["dp-target-epsilon"])
-    if target > 0:
-        sigma = noise_for_kmeans_target(target, delta, int(config["segment-iterations"]))
-    return DPPlan(name, sigma, 1.0, releases(config), delta, customers, 1)
+    iterations = int(config["segment-iterations"])
+    return gaussian_plan(name, customers, config, releases(config),
+                         lambda eps, delta: noise_for_kmeans_target(eps, delta, iterations))
 
 
 def plan(config: ConfigRecord, context: Context) -> DPPlan:

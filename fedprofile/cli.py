@@ -276,6 +276,30 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regional(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.regional_run import run_regional_job
+
+    args.set = ["job=regional", "dp=true", *(args.set or [])]  # DP only; the user may tune it
+    result = run_regional_job(_train_config(args), progress=_progress)
+    _progress(Path(result["run_dir"], "regional.txt").read_text().rstrip())
+    ref = result.get("noise_free_reference")
+    if ref and ref["mean_top_overlap"] is not None:
+        _progress(f"noise cost: {ref['mean_top_overlap']:.0%} of the shown lists' items are in the "
+                  "noise-free top lists (simulation only)")
+    _progress(f"run directory: {result['run_dir']}")
+    return 0
+
+
+def cmd_regional_serve(args: argparse.Namespace) -> int:
+    from fedprofile.client.regional import regional_recommendations
+
+    summary = regional_recommendations(Path(args.silo_dir).expanduser(),
+                                       Path(args.report).expanduser(),
+                                       exclude_bought=args.exclude_bought)
+    _progress(str(summary))
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from fedprofile.client.serving import serve_silo
 
@@ -300,12 +324,18 @@ def _print_plan(plan) -> None:  # plan: CampaignPlan
 
 def cmd_campaign(args: argparse.Namespace) -> int:
     from fedprofile.client.campaigns import save_audience_plan
-    from fedprofile.client.cases import repurchase_campaign, retention_campaign
+    from fedprofile.client.cases import (cross_sell_campaign, repurchase_campaign,
+                                         retention_campaign)
     from fedprofile.privacy.silo_keys import read_identity_key
 
     silo_dir = Path(args.silo_dir).expanduser()
     key = read_identity_key(silo_dir, _secret(args))  # before the work: the audience is sealed
-    if args.case == "retention":
+    if args.case == "cross-sell":
+        plan, audience = cross_sell_campaign(silo_dir, args.id, key, audience=args.audience,
+                                             as_of=args.as_of or "",
+                                             treated_share=args.treated_share,
+                                             window_days=args.window_days)
+    elif args.case == "retention":
         plan, audience = retention_campaign(
             silo_dir, args.id, tiers_file=Path(args.tiers).expanduser() if args.tiers else None,
             as_of=args.as_of or "", treated_share=args.treated_share,
@@ -623,6 +653,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("regional", help="regional recommendation: per-region top products "
+                       "from one DP release per silo on Flower's Simulation Engine; `regional "
+                       "serve` writes each customer's regional list inside a silo")
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
+    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_regional)
+    regional_sub = p.add_subparsers(dest="regional_action")
+    p = regional_sub.add_parser("serve", help="write every customer's region top-K into the "
+                                "silo (opted-out customers: the overall list)")
+    p.add_argument("silo_dir")
+    p.add_argument("--report", required=True, help="the run's regional.json")
+    p.add_argument("--exclude-bought", action="store_true",
+                   help="leave out items the customer already bought (filled up from the "
+                   "overall list)")
+    p.set_defaults(func=cmd_regional_serve)
+
     p = sub.add_parser("recommend", help="top-K recommendations for a silo's customers from "
                        "a trained federated recommender (opted-out customers: non-personalised)")
     p.add_argument("silo_dir")
@@ -639,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "customers (A/B split by pseudonym, opted-out customers left out)")
     campaign_sub = campaign.add_subparsers(dest="case", required=True)
     for case, help_text in (
+            ("cross-sell", "case 1: the sealed PSI audience (flyers abroad without our data "
+             "pack), each offered their destination's pack"),
             ("retention", "case 2: membership tiers from frequency and spend, a coupon per tier"),
             ("repurchase", "case 3: remind customers due to buy again (own rhythm), A only")):
         p = campaign_sub.add_parser(case, help=help_text)
@@ -647,8 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--as-of", help="plan as of this date, YYYY-MM-DD (default: the day "
                        "after the silo's last interaction)")
         p.add_argument("--treated-share", type=float, default=0.5, help="share in group A")
+        if case == "cross-sell":
+            p.add_argument("--audience", default="cross-sell-datapack",
+                           help="the sealed PSI audience's name (`fedprofile psi --audience`)")
         if case == "retention":
             p.add_argument("--tiers", help="tiers TOML (default: the packaged default_tiers.toml)")
+        if case in ("cross-sell", "retention"):
             p.add_argument("--window-days", type=int, default=3,
                            help="days over which conversion is measured")
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_HOME = "FEDPROFILE_HOME"
-JOBS = ("train", "psi", "segment")
+JOBS = ("train", "psi", "segment", "regional")
 MODELS = ("propensity", "recommender")
 DEFAULT_PURPOSE = {"propensity": "propensity-training", "recommender": "recommendation-training"}
 PSI_MODES = ("intersection", "cardinality")
@@ -73,6 +73,9 @@ class TrainConfig:
     segments: int = 6
     segment_iterations: int = 8
     segment_k_min: int = 10
+    regional_top_k: int = 10
+    regional_max_items: int = 3
+    regional_k_min: int = 10
     ledger: str = ""
     ledger_key_file: str = ""
     server_dp: bool = False
@@ -82,7 +85,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
                          "horizon_days", "min_silos", "rec_dim", "rec_min_customers",
-                         "segments", "segment_iterations", "segment_k_min")
+                         "segments", "segment_iterations", "segment_k_min",
+                         "regional_top_k", "regional_max_items", "regional_k_min")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -125,6 +129,10 @@ class TrainConfig:
             raise ConfigError("segmentation releases noisy statistics only: set dp = true "
                               "(with dp-target-epsilon or dp-noise-multiplier); without noise a "
                               "small cluster's sums would be its customers' exact profiles")
+        if self.job == "regional" and not self.dp:
+            raise ConfigError("regional recommendation releases noisy counts only: set dp = true "
+                              "(with dp-target-epsilon or dp-noise-multiplier); without noise a "
+                              "small region's counts would tell what its few customers bought")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
 
@@ -133,6 +141,8 @@ class TrainConfig:
         """The ledger purpose this run is charged to: ``purpose``, else the job's own."""
         if self.purpose:
             return self.purpose
+        if self.job == "regional":
+            return "recommendation-training"
         return "segmentation" if self.job == "segment" else DEFAULT_PURPOSE[self.model]
 
     # -- conversions -------------------------------------------------------

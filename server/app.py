@@ -36,6 +36,7 @@ from .evaluation import BINARY, RANKING, Evaluator
 from .recommend import collect_catalog
 from .budget import charged, charged_server_dp
 from .psi import run_psi
+from .regional import run_regional
 from .segment import run_segmentation
 from .strategy import SiloFedAvg
 
@@ -106,7 +107,7 @@ def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the job the run config names: federated training (default), a PSI or a segmentation."""
+    """Run the job the run config names: training (default), PSI, segmentation or regional."""
     cfg = TrainConfig.from_mapping(context.run_config)
     run_dir = cfg.run_path(f"flwr-{context.run_id}")
     if cfg.job == "psi":
@@ -115,6 +116,9 @@ def main(grid: Grid, context: Context) -> None:
         return
     if cfg.job == "segment":
         run_segmentation(grid, str(context.run_id), cfg, run_dir)
+        return
+    if cfg.job == "regional":
+        run_regional(grid, str(context.run_id), cfg, run_dir)
         return
     train(grid, context, cfg, run_dir)
 

@@ -8,9 +8,7 @@ distance between the private and the noise-free centroids.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +19,12 @@ from fedprofile.client.profiles import compute_profiles, profile_vectors
 from fedprofile.client.segmenting import CLIP_NORM, as_of_epoch
 from fedprofile.client.silos import list_silos
 from fedprofile.client.store import SiloStore
-from fedprofile.config import ConfigError, TrainConfig
+from fedprofile.config import TrainConfig
 from fedprofile.files import atomic_write_json
 from fedprofile.models.kmeans import assign, federated_kmeans
-from fedprofile.server.budget import require_ledger
-from fedprofile.server.local_superlink import SimulationError, run_simulation
 from fedprofile.server.segment import SEGMENTS_FILE
 
-from .training import new_run_id, relay_progress
+from .training import run_job
 
 
 def noise_free_reference(silo_dirs: list[Path], cfg: TrainConfig) -> dict[str, Any]:
@@ -53,21 +49,12 @@ def centroid_gap(private: np.ndarray, reference: np.ndarray) -> float:
 def run_segment_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
                     reference: bool = True) -> dict[str, Any]:
     """Run a federated segmentation over the silos under ``cfg.silos_path``."""
-    cfg = replace(cfg, job="segment")  # validates: segmentation is DP only
-    silos = list_silos(cfg.silos_path)
-    if len(silos) < cfg.min_silos:
-        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
-    require_ledger(cfg)
-    run_dir = cfg.run_path(new_run_id())
-    cfg = cfg.resolved(run_dir)
-    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
-    progress(f"federated segmentation on Flower's Simulation Engine: {len(silos)} silos, "
-             f"k={cfg.segments}, {cfg.segment_iterations} iterations, DP")
-    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
+    silos, cfg, run_dir, result = run_job(
+        cfg, "segment", SEGMENTS_FILE,
+        f"federated segmentation on Flower's Simulation Engine: "
+        f"{len(list_silos(cfg.silos_path))} silos, k={cfg.segments}, "
+        f"{cfg.segment_iterations} iterations, DP", progress)
     path = run_dir / SEGMENTS_FILE
-    if not path.is_file():
-        raise SimulationError(f"the segmentation did not finish; see {run_dir / 'flower' / 'flower.log'}")
-    result: dict[str, Any] = json.loads(path.read_text())
     if reference:
         # Only the gap is kept: the noise-free centroids and sizes are exact
         # statistics of pooled customers, which no report may carry.

@@ -75,6 +75,30 @@ def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
     return on_line
 
 
+def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
+            progress: Callable[[str], None]) -> tuple[list[Path], TrainConfig, Path, dict[str, Any]]:
+    """Run one non-training job (segmentation, regional counts) over every silo; its result.
+
+    ``title(cfg)`` is the progress line naming the run. Validates the job's
+    config (these jobs are DP only), checks the ledger exists before any Flower
+    process starts, and reads the ServerApp's ``result_file`` from the run dir.
+    """
+    cfg = replace(cfg, job=job)
+    silos = list_silos(cfg.silos_path)
+    if len(silos) < cfg.min_silos:
+        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    require_ledger(cfg)
+    run_dir = cfg.run_path(new_run_id())
+    cfg = cfg.resolved(run_dir)
+    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+    progress(title)
+    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
+    path = run_dir / result_file
+    if not path.is_file():
+        raise SimulationError(f"the {job} run did not finish; see {run_dir / 'flower' / 'flower.log'}")
+    return silos, cfg, run_dir, json.loads(path.read_text())
+
+
 def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
                  oracle: bool = True) -> TrainingResult:
     """Train federatedly on every silo under ``cfg.silos_path``; add the oracle."""
