@@ -18,18 +18,15 @@ import numpy as np
 
 from .audiences import load_audience, load_summary
 from .campaigns import Audience, CampaignPlan, opted_out_pseudonyms, plan_campaign
-from .interactions import load_interactions
-from .profiles import DAY, Profiles, compute_profiles
-from .segmenting import as_of_epoch
+from .profiles import DAY, Profiles, profile_silo
 from .store import SiloStore
 from .tiers import assign_tiers, load_tiers
 
 
 def _silo_profiles(silo_dir: Path, as_of: str) -> tuple[str, Profiles, frozenset[str]]:
-    with SiloStore.open(silo_dir) as store:
-        inter = load_interactions(store)
-        opted_out = opted_out_pseudonyms(store)
-    return inter.name, compute_profiles(inter, as_of=as_of_epoch(as_of)), opted_out
+    """The silo's profiles, and who opted out of marketing (the profiles carry the flag)."""
+    profiles = profile_silo(silo_dir, as_of)
+    return profiles.name, profiles, frozenset(str(u) for u in profiles.users[profiles.opt_out])
 
 
 def _date(epoch: float) -> str:

@@ -7,6 +7,7 @@ privacy spend accumulates over rounds are decided in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fedprofile.models.dp import DPTrainStats, sample_rate, steps_per_epoch
 from fedprofile.models.training import TrainParams
 from fedprofile.privacy.accounting import AccountantState, MechanismStep, epsilon, noise_for_target
 
+from .interactions import Interactions, load_interactions
 from .silos import list_silos
 from .store import STORE_FILENAME, SiloStore
 
@@ -68,6 +70,29 @@ def silo_and_stamp(context: Context) -> tuple[Path, tuple[tuple[int, int], ...]]
                   for p in (silo_dir / STORE_FILENAME, silo_dir / f"{STORE_FILENAME}-wal")
                   if p.exists())
     return silo_dir, stamp
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_interactions(silo_dir: str, stamp: tuple[tuple[int, int], ...]) -> Interactions:
+    del stamp  # part of the cache key only
+    with SiloStore.open(Path(silo_dir)) as store:
+        return load_interactions(store)
+
+
+def cached_interactions(silo_dir: Path, stamp: tuple[tuple[int, int], ...]) -> Interactions:
+    """A silo's interactions, read once per store state and shared by every handler.
+
+    The recommender, segmentation and regional handlers all start from the
+    same interactions; one cache (keyed by :func:`silo_and_stamp`'s stamp)
+    reads them once per process instead of once per job kind.
+    """
+    return _cached_interactions(str(silo_dir), stamp)
+
+
+def silo_interactions(context: Context) -> Interactions:
+    """This node's silo's interactions (cached while the store is unchanged)."""
+    silo_dir, stamp = silo_and_stamp(context)
+    return cached_interactions(silo_dir, stamp)
 
 
 def train_params(config: ConfigRecord, epochs_key: str = "local-epochs") -> TrainParams:

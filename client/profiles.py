@@ -63,7 +63,8 @@ from fedprofile.models.clv import (BGNBDParams, CLVFitError, GammaGammaParams,
                                    discounted_purchases, expected_spend, fit_bgnbd,
                                    fit_gamma_gamma, p_alive, prob_no_purchase)
 
-from .interactions import Interactions
+from .interactions import Interactions, load_interactions
+from .store import SiloStore
 from .tags import NUMERIC_FIELDS, TEXT_FIELDS, TagRule, apply_tags, load_tag_rules
 
 __all__ = ["DAY", "CLV_MODEL", "CLV_OWN_SPEND", "CLV_HISTORIC", "ProfileConfig", "Profiles",
@@ -577,6 +578,22 @@ def decode_vector(v: Sequence[float] | np.ndarray) -> dict[str, float]:
     if not np.all(np.isfinite(arr)):
         raise ValueError("a profile vector must be finite")
     return {t.field: t.inverse(c) for t, c in zip(_TRANSFORMS, arr, strict=True)}
+
+
+def as_of_epoch(as_of: str) -> int | None:
+    """``as-of`` (YYYY-MM-DD, or "" for the end of the silo's data) as epoch seconds."""
+    if not as_of:
+        return None
+    day = dt.date.fromisoformat(as_of)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+
+
+def profile_silo(silo_dir: Path, as_of: str = "", config: ProfileConfig | None = None
+                 ) -> Profiles:
+    """The profiles of a silo's customers, read from its store (commands, cases, the demo)."""
+    with SiloStore.open(Path(silo_dir)) as store:
+        inter = load_interactions(store)
+    return compute_profiles(inter, as_of=as_of_epoch(as_of), config=config or ProfileConfig())
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -26,20 +26,25 @@ from fedprofile.models.recommender import (Catalog, RecommenderModel, RecTestDat
                                            evaluate_recommender, train_recommender,
                                            train_recommender_dp)
 
-from .interactions import load_interactions
-from .node import DPPlan, dp_round, dp_sgd_plan, silo_and_stamp, train_params
+from .interactions import Interactions
+from .node import (DPPlan, cached_interactions, dp_round, dp_sgd_plan, silo_and_stamp,
+                   train_params)
 from .splits import Split, leave_last_out
-from .store import SiloStore
+
+
+def training_split(inter: Interactions) -> Split:
+    """The split the recommender trains and is evaluated on, wherever it is built.
+
+    Customers who opted out of personalisation are not used to train or tune a
+    personalisation model at all; they are served its non-personalised ranking.
+    """
+    return leave_last_out(inter.subset_users(~inter.opt_out))
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_split(silo_dir: str, stamp: tuple[tuple[int, int], ...]) -> tuple[str, Split]:
-    del stamp  # part of the cache key only
-    with SiloStore.open(Path(silo_dir)) as store:
-        inter = load_interactions(store)
-    # Customers who opted out of personalisation are not used to train or tune a
-    # personalisation model at all; they are served its non-personalised ranking.
-    return inter.name, leave_last_out(inter.subset_users(~inter.opt_out))
+    inter = cached_interactions(Path(silo_dir), stamp)
+    return inter.name, training_split(inter)
 
 
 @functools.lru_cache(maxsize=8)

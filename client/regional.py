@@ -42,7 +42,6 @@ subtract it). Releases are DP only: a silo refuses a run with ``dp = false``.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -61,7 +60,7 @@ from fedprofile.files import atomic_write_text
 from fedprofile.privacy.accounting import noise_for_target
 
 from .interactions import Interactions, load_interactions
-from .node import DPPlan, gaussian_plan, silo_and_stamp
+from .node import DPPlan, gaussian_plan, silo_interactions
 from .store import SiloStore
 
 MECHANISM = "gaussian-region-counts"
@@ -225,19 +224,6 @@ def regional_plan(name: str, customers: int, config: Mapping[str, Any]) -> DPPla
 # ---------------------------------------------------------------------------
 # Flower handlers (routed from fedprofile.client.app)
 # ---------------------------------------------------------------------------
-@functools.lru_cache(maxsize=8)
-def _cached_interactions(silo_dir: str, stamp: tuple[tuple[int, int], ...]) -> Interactions:
-    del stamp  # part of the cache key only
-    with SiloStore.open(Path(silo_dir)) as store:
-        return load_interactions(store)
-
-
-def silo_interactions(context: Context) -> Interactions:
-    """This node's silo's interactions (cached while the store is unchanged)."""
-    silo_dir, stamp = silo_and_stamp(context)
-    return _cached_interactions(str(silo_dir), stamp)
-
-
 def plan(config: ConfigRecord, context: Context) -> DPPlan:
     """The ``dp_plan`` answer's mechanism; N = opted-in customers with a region."""
     inter = silo_interactions(context)

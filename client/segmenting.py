@@ -9,7 +9,6 @@ server learns only noisy per-cluster sums and counts; it never sees a profile.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import math
 from pathlib import Path
@@ -19,10 +18,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from fedprofile.models.kmeans import kmeans_privacy_steps, local_stats, noise_for_kmeans_target, privatize
 
-from .interactions import load_interactions
-from .node import DPPlan, gaussian_plan, silo_and_stamp
-from .profiles import PROFILE_VECTOR_FEATURES, compute_profiles, profile_vectors
-from .store import SiloStore
+from .node import DPPlan, cached_interactions, gaussian_plan, silo_and_stamp
+from .profiles import (PROFILE_VECTOR_FEATURES, Profiles, as_of_epoch, compute_profiles,
+                       profile_vectors)
 
 SEGMENT_DIM = len(PROFILE_VECTOR_FEATURES)
 CLIP_NORM = math.sqrt(SEGMENT_DIM) / 2.0
@@ -30,24 +28,19 @@ CLIP_NORM = math.sqrt(SEGMENT_DIM) / 2.0
 sensitivity's scale (see fedprofile.models.kmeans)."""
 
 
-def as_of_epoch(as_of: str) -> int | None:
-    """``as-of`` (YYYY-MM-DD, or "" for the end of the silo's data) as epoch seconds."""
-    if not as_of:
-        return None
-    day = dt.date.fromisoformat(as_of)
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+def segment_vectors(profiles: Profiles) -> np.ndarray:
+    """The profile vectors segmentation uses: customers with a purchase who did not opt out.
+
+    No purchase, no profile to segment; opted out of marketing, not segmented for it.
+    """
+    return profile_vectors(profiles)[(profiles.frequency > 0) & ~profiles.opt_out]
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_vectors(silo_dir: str, stamp: tuple[tuple[int, int], ...], as_of: str
                     ) -> tuple[str, np.ndarray]:
-    del stamp  # part of the cache key only
-    with SiloStore.open(Path(silo_dir)) as store:
-        inter = load_interactions(store)
-    profiles = compute_profiles(inter, as_of=as_of_epoch(as_of))
-    # No purchase, no profile to segment; opted out of marketing, not segmented for it.
-    active = (profiles.frequency > 0) & ~profiles.opt_out
-    return inter.name, profile_vectors(profiles)[active]
+    inter = cached_interactions(Path(silo_dir), stamp)
+    return inter.name, segment_vectors(compute_profiles(inter, as_of=as_of_epoch(as_of)))
 
 
 def silo_vectors(context: Context, as_of: str) -> tuple[str, np.ndarray]:

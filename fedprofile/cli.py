@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -239,18 +238,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from fedprofile.client.interactions import load_interactions
-    from fedprofile.client.profiles import ProfileConfig, compute_profiles, format_summary
-    from fedprofile.client.segmenting import as_of_epoch
-    from fedprofile.client.store import SiloStore
+    from fedprofile.client.profiles import ProfileConfig, format_summary, profile_silo
     from fedprofile.client.tags import load_tag_rules
 
     silo_dir = Path(args.silo_dir).expanduser()
     rules = tuple(load_tag_rules(Path(args.tags).expanduser() if args.tags else None))
-    with SiloStore.open(silo_dir) as store:
-        inter = load_interactions(store)
-    profiles = compute_profiles(inter, as_of=as_of_epoch(args.as_of or ""),
-                                config=ProfileConfig(tag_rules=rules))
+    profiles = profile_silo(silo_dir, args.as_of or "", ProfileConfig(tag_rules=rules))
     out = Path(args.out).expanduser() if args.out else silo_dir / "profiles.csv"
     profiles.write_csv(out)
     summary = profiles.summary()

@@ -18,9 +18,7 @@ from pathlib import Path
 from fedprofile.client.campaigns import save_audience_plan
 from fedprofile.client.cases import cross_sell_campaign
 from fedprofile.client.ingest import ingest
-from fedprofile.client.interactions import load_interactions
-from fedprofile.client.profiles import compute_profiles
-from fedprofile.client.store import SiloStore
+from fedprofile.client.profiles import profile_silo
 from fedprofile.config import TrainConfig
 from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
@@ -201,9 +199,7 @@ SEGMENT_EPSILON = 2.0
 
 def profile_line(silo_dir: Path) -> str:
     """One line about a silo's profiles: counts, CLV method and the largest tags."""
-    with SiloStore.open(silo_dir) as store:
-        profiles = compute_profiles(load_interactions(store))
-    summary = profiles.summary()
+    summary = profile_silo(silo_dir).summary()
     tags = sorted(summary["tags"].items(), key=lambda kv: -kv[1])[:4]
     return (f"{summary['silo']}: {summary['customers']:,} customers profiled; CLV by "
             f"{summary['clv_method']} (median {summary['medians']['clv'] or 0:,.0f}); tags: "

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from fedprofile.client.interactions import Interactions, load_interactions
-from fedprofile.client.splits import Split, leave_last_out
+from fedprofile.client.recommending import training_split
+from fedprofile.client.splits import Split
 from fedprofile.client.store import SiloStore
 from fedprofile.config import TrainConfig
 from fedprofile.models.ranking import RankingEvaluation
@@ -33,8 +34,7 @@ def load_splits(silo_dirs: Sequence[Path]) -> list[Split]:
     out = []
     for silo_dir in silo_dirs:
         with SiloStore.open(silo_dir) as store:
-            inter = load_interactions(store)
-        out.append(leave_last_out(inter.subset_users(~inter.opt_out)))  # as the silos do
+            out.append(training_split(load_interactions(store)))  # as the silos do
     return out
 
 

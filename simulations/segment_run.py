@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from fedprofile.client.interactions import load_interactions
-from fedprofile.client.profiles import compute_profiles, profile_vectors
-from fedprofile.client.segmenting import CLIP_NORM, as_of_epoch
+from fedprofile.client.profiles import profile_silo
+from fedprofile.client.segmenting import CLIP_NORM, segment_vectors
 from fedprofile.client.silos import list_silos
-from fedprofile.client.store import SiloStore
 from fedprofile.config import TrainConfig
 from fedprofile.files import atomic_write_json
 from fedprofile.models.kmeans import assign, federated_kmeans
@@ -31,10 +29,7 @@ def noise_free_reference(silo_dirs: list[Path], cfg: TrainConfig) -> dict[str, A
     """The same protocol without noise on every silo's vectors (simulation only)."""
     vectors = []
     for silo_dir in silo_dirs:
-        with SiloStore.open(silo_dir) as store:
-            inter = load_interactions(store)
-        profiles = compute_profiles(inter, as_of=as_of_epoch(cfg.as_of))
-        vectors.append(profile_vectors(profiles)[(profiles.frequency > 0) & ~profiles.opt_out])
+        vectors.append(segment_vectors(profile_silo(silo_dir, cfg.as_of)))
     ref = federated_kmeans(vectors, cfg.segments, cfg.segment_iterations, None, CLIP_NORM,
                            seed=cfg.seed)
     return {"centroids": ref.centroids}

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from fedprofile.cli import main
-from fedprofile.client.interactions import load_interactions
-from fedprofile.client.profiles import compute_profiles, profile_vectors
-from fedprofile.client.segmenting import CLIP_NORM
-from fedprofile.client.store import SiloStore
+from fedprofile.client.profiles import profile_silo
+from fedprofile.client.segmenting import CLIP_NORM, segment_vectors
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.models.kmeans import federated_kmeans, kmeans_privacy_steps
 from fedprofile.privacy.accounting import epsilon
@@ -26,9 +24,7 @@ SILOS = ("datapacks", "flights", "hotels")
 def _vectors(silos_dir: Path) -> list[np.ndarray]:
     out = []
     for name in SILOS:
-        with SiloStore.open(silos_dir / name) as store:
-            profiles = compute_profiles(load_interactions(store))
-        out.append(profile_vectors(profiles)[(profiles.frequency > 0) & ~profiles.opt_out])
+        out.append(segment_vectors(profile_silo(silos_dir / name)))
     return out
 
 
