@@ -7,10 +7,7 @@ summary (counts only) from there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from fedprofile.client.audiences import load_summary
@@ -18,9 +15,8 @@ from fedprofile.client.silos import list_silos
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.files import atomic_write_json
 from fedprofile.server.app import PSI_FILE
-from fedprofile.server.local_superlink import SimulationError, run_simulation
 
-from .training import new_run_id, relay_progress
+from .training import run_job
 
 
 def run_psi_job(cfg: TrainConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
@@ -30,15 +26,11 @@ def run_psi_job(cfg: TrainConfig, progress: Callable[[str], None] = print) -> di
         if name not in silos:
             raise ConfigError(f"psi-{role} {name!r} is not a silo under {cfg.silos_path} "
                               f"(silos: {', '.join(sorted(silos))})")
-    run_dir = cfg.run_path(new_run_id())
-    cfg = replace(cfg, job="psi").resolved(run_dir)
-    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
-    progress(f"private set intersection on Flower's Simulation Engine: {cfg.psi_receiver} "
-             f"(receiver, {cfg.psi_selection}) x {cfg.psi_sender} (sender), {cfg.psi_mode} mode")
-    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
-    if not (run_dir / PSI_FILE).is_file():
-        raise SimulationError(f"the PSI did not finish; see {run_dir / 'flower' / 'flower.log'}")
-    server_view = json.loads((run_dir / PSI_FILE).read_text())
+    _, cfg, run_dir, server_view = run_job(
+        cfg, "psi", PSI_FILE,
+        f"private set intersection on Flower's Simulation Engine: {cfg.psi_receiver} "
+        f"(receiver, {cfg.psi_selection}) x {cfg.psi_sender} (sender), {cfg.psi_mode} mode",
+        progress)
     receiver_view = load_summary(silos[cfg.psi_receiver], cfg.psi_audience)
     result = {"run_dir": str(run_dir), "server": server_view, "receiver": receiver_view}
     atomic_write_json(run_dir / "psi-summary.json", result)

@@ -19,12 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedprofile.client.silos import list_silos
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.files import atomic_write_json
-from fedprofile.models.recommender import Catalog
+from fedprofile.client.serving import load_recommender
 from fedprofile.server.app import METRICS_FILE, MODEL_FILE
 from fedprofile.server.budget import require_ledger
 from fedprofile.server.local_superlink import SimulationError, run_simulation
@@ -77,11 +75,12 @@ def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
 
 def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
             progress: Callable[[str], None]) -> tuple[list[Path], TrainConfig, Path, dict[str, Any]]:
-    """Run one non-training job (segmentation, regional counts) over every silo; its result.
+    """Run one non-training job (PSI, segmentation, regional counts) over every silo.
 
-    ``title(cfg)`` is the progress line naming the run. Validates the job's
-    config (these jobs are DP only), checks the ledger exists before any Flower
-    process starts, and reads the ServerApp's ``result_file`` from the run dir.
+    ``title`` is the progress line naming the run. Validates the job's config
+    (segmentation and regional counts are DP only), checks a DP job's ledger
+    exists before any Flower process starts, and returns the silos, the
+    resolved config, the run directory and the ServerApp's ``result_file``.
     """
     cfg = replace(cfg, job=job)
     silos = list_silos(cfg.silos_path)
@@ -124,7 +123,7 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
 
     if oracle and cfg.model == "recommender":
         progress("centralized oracle and most-popular baseline (pooled data, simulation only)")
-        catalog = Catalog(tuple(torch.load(run_dir / MODEL_FILE, weights_only=False)["catalog"]))
+        _, catalog = load_recommender(run_dir / MODEL_FILE)
         splits = load_splits(silos)
         metrics["popularity"] = popularity_baseline(splits, catalog)
         metrics["oracle"] = recommender_oracle(splits, catalog, cfg)
