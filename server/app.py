@@ -131,14 +131,16 @@ class ModelKind:
     model: nn.Module
     config: ConfigRecord
     evaluator: Evaluator
-    saved: dict[str, Any]  # stored with the weights in model.pt and in metrics.json
+    saved: dict[str, Any]  # stored with the weights in model.pt
+    described: dict[str, Any]  # what metrics.json says about the model
 
 
 def propensity_kind(cfg: TrainConfig) -> ModelKind:
     return ModelKind(
         title="propensity", model=build_model(N_FEATURES, hidden=cfg.hidden_units, seed=cfg.seed),
         config=client_config(cfg), evaluator=BINARY,
-        saved={"hidden_units": cfg.hidden_units, "feature_names": list(FEATURE_NAMES)})
+        saved={"hidden_units": cfg.hidden_units, "feature_names": list(FEATURE_NAMES)},
+        described={"hidden_units": cfg.hidden_units, "feature_names": list(FEATURE_NAMES)})
 
 
 def recommender_kind(grid: Grid, cfg: TrainConfig) -> ModelKind:
@@ -149,7 +151,8 @@ def recommender_kind(grid: Grid, cfg: TrainConfig) -> ModelKind:
     return ModelKind(
         title="recommender", model=RecommenderModel(len(catalog), dim=cfg.rec_dim),
         config=config, evaluator=RANKING,
-        saved={"rec_dim": cfg.rec_dim, "catalog": list(catalog.items)})
+        saved={"rec_dim": cfg.rec_dim, "catalog": list(catalog.items)},
+        described={"rec_dim": cfg.rec_dim, "catalog_items": len(catalog)})
 
 
 def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None:
@@ -217,8 +220,7 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         "flower_run_id": context.run_id,
         "model": cfg.model,
         "config": cfg.to_mapping(),
-        **{k: v for k, v in kind.saved.items() if k != "catalog"},
-        "catalog_items": len(kind.saved["catalog"]) if "catalog" in kind.saved else None,
+        **kind.described,
         "rounds": [
             {"round": r.round, "seconds": r.seconds, "trained": r.trained,
              "train_loss": r.train_loss, "samples_per_second": r.samples_per_second,
