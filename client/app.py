@@ -34,7 +34,7 @@ from fedprofile.privacy.leak_guard import leak_guard_mod
 from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
 from fedprofile.privacy.silo_keys import read_identity_key
 
-from . import recommending, regional, segmenting
+from . import joint, recommending, regional, segmenting
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
 from .node import (dp_round, dp_sgd_plan, plan_reply, resolve_silo_dir, silo_and_stamp,
@@ -103,6 +103,9 @@ def dp_plan(msg: Message, context: Context) -> Message:
     if config.get("job") == "regional":
         return plan_reply(regional.plan(config, context), msg, regional.MECHANISM,
                           regional.sensitivity(int(config["regional-max-items"])))
+    if config.get("job") == "joint":
+        joint_plan, mechanism = joint.plan(config, context)
+        return plan_reply(joint_plan, msg, mechanism, float(config["joint-clip"]))
     if _is_recommender(config):
         return plan_reply(recommending.plan(config, context), msg)
     data = silo_data(context, int(config["horizon-days"]), str(config["as-of"]))
@@ -304,3 +307,48 @@ def psi_finish(msg: Message, context: Context) -> Message:
     log(INFO, "silo %s: PSI done; audience %s saved in the silo", silo_dir.name, saved.name)
     # Only an acknowledgement goes back: the server learns set sizes, never the overlap.
     return Message(content=RecordDict({"status": ConfigRecord({"done": True})}), reply_to=msg)
+
+
+# ---------------------------------------------------------------------------
+# Vertical (split) learning (see fedprofile.client.joint)
+# ---------------------------------------------------------------------------
+@app.query("joint_align_request")
+def joint_align_request(msg: Message, context: Context) -> Message:
+    """Joint model, label silo: the PSI request of the alignment."""
+    return joint.align_request(msg, context)
+
+
+@app.query("joint_align_respond")
+def joint_align_respond(msg: Message, context: Context) -> Message:
+    """Joint model, feature silo: the PSI answer; the shuffle stays here."""
+    return joint.align_respond(msg, context)
+
+
+@app.query("joint_align_finish")
+def joint_align_finish(msg: Message, context: Context) -> Message:
+    """Joint model, label silo: the aligned rows, as positions in each feature silo's list."""
+    return joint.align_finish(msg, context)
+
+
+@app.query("joint_align_set")
+def joint_align_set(msg: Message, context: Context) -> Message:
+    """Joint model, feature silo: resolve the positions to its own customers."""
+    return joint.align_set(msg, context)
+
+
+@app.query("joint_embed")
+def joint_embed(msg: Message, context: Context) -> Message:
+    """Joint model, feature silo: update the bottom model, release embeddings."""
+    return joint.embed(msg, context)
+
+
+@app.query("joint_top")
+def joint_top(msg: Message, context: Context) -> Message:
+    """Joint model, label silo: a training round (label-DP gradients back) or the evaluation."""
+    return joint.top_step(msg, context)
+
+
+@app.query("joint_forget")
+def joint_forget(msg: Message, context: Context) -> Message:
+    """Joint model: drop the session's state on this node."""
+    return joint.forget(msg, context)

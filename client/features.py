@@ -104,6 +104,20 @@ def _one_hot(values: np.ndarray, vocabulary: tuple[str, ...], other: bool) -> np
 def snapshot(customers: CustomerArrays, orders: OrderArrays, as_of: int,
              horizon_days: int) -> FeatureSet:
     """Features at ``as_of`` and the label "orders within ``horizon_days``"."""
+    x, y = snapshot_all(customers, orders, as_of, horizon_days)
+    eligible = customers.signup_date < as_of
+    return FeatureSet(x=x[eligible], y=y[eligible],
+                      customer_ids=customers.customer_ids[eligible], as_of=as_of)
+
+
+def snapshot_all(customers: CustomerArrays, orders: OrderArrays, as_of: int,
+                 horizon_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of *every* customer at ``as_of``, eligible or not.
+
+    A customer who signed up later has no orders before ``as_of``: their row
+    says so (no orders, no tenure). Vertical learning needs this: the rows
+    are fixed by the alignment, and another line may know the person already.
+    """
     n = len(customers.customer_ids)
     horizon = horizon_days * DAY
     past = orders.order_time < as_of
@@ -168,9 +182,7 @@ def snapshot(customers: CustomerArrays, orders: OrderArrays, as_of: int,
         axis=1,
     )
     y = (np.bincount(orders.customer_index[future], minlength=n) > 0).astype(np.float32)
-    eligible = customers.signup_date < as_of
-    return FeatureSet(x=x[eligible], y=y[eligible],
-                      customer_ids=customers.customer_ids[eligible], as_of=as_of)
+    return x, y
 
 
 @dataclass(frozen=True)

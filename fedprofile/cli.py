@@ -269,6 +269,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_joint(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.joint_run import run_joint_job
+
+    args.set = ["job=joint", *(args.set or [])]
+    for option, key in (("label", "joint-label-silo"), ("features", "joint-feature-silos")):
+        if getattr(args, option, None):
+            args.set.append(f"{key}={getattr(args, option)}")
+    result = run_joint_job(_train_config(args), progress=_progress,
+                           reference=not args.no_reference)
+    _progress(f"run directory: {result['run_dir']}")
+    return 0
+
+
 def cmd_regional(args: argparse.Namespace) -> int:
     from fedprofile.simulations.regional_run import run_regional_job
 
@@ -645,6 +658,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
     _add_train_options(p)
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("joint", help="cross-line joint (vertical) model on Flower's Simulation "
+                       "Engine: PSI-aligned customers, features in some silos, labels in another, "
+                       "label-DP gradients; charged to the ledger under joint-model")
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
+    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    p.add_argument("--label", help="the silo whose labels are learned (joint-label-silo, "
+                   "default datapacks)")
+    p.add_argument("--features", help="comma-separated feature silos (joint-feature-silos, "
+                   "default flights)")
+    p.add_argument("--no-reference", action="store_true", help="skip the simulation-only "
+                   "comparisons (feature silo alone, pooled oracle)")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_joint)
 
     p = sub.add_parser("regional", help="regional recommendation: per-region top products "
                        "from one DP release per silo on Flower's Simulation Engine; `regional "

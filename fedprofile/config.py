@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_HOME = "FEDPROFILE_HOME"
-JOBS = ("train", "psi", "segment", "regional")
+JOBS = ("train", "psi", "segment", "regional", "joint")
 MODELS = ("propensity", "recommender")
 DEFAULT_PURPOSE = {"propensity": "propensity-training", "recommender": "recommendation-training"}
 PSI_MODES = ("intersection", "cardinality")
@@ -76,6 +76,13 @@ class TrainConfig:
     regional_top_k: int = 10
     regional_max_items: int = 3
     regional_k_min: int = 10
+    joint_label_silo: str = "datapacks"
+    joint_feature_silos: str = "flights"
+    joint_horizon_days: int = 30
+    joint_rounds: int = 6
+    joint_clip: float = 1.0
+    joint_noise_gradient: float = 4.0
+    joint_noise_embedding: float = 0.0
     ledger: str = ""
     ledger_key_file: str = ""
     server_dp: bool = False
@@ -86,7 +93,8 @@ class TrainConfig:
         positive_ints = ("num_server_rounds", "local_epochs", "batch_size", "hidden_units",
                          "horizon_days", "min_silos", "rec_dim", "rec_min_customers",
                          "segments", "segment_iterations", "segment_k_min",
-                         "regional_top_k", "regional_max_items", "regional_k_min")
+                         "regional_top_k", "regional_max_items", "regional_k_min",
+                         "joint_horizon_days", "joint_rounds")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -135,6 +143,35 @@ class TrainConfig:
                               "small region's counts would tell what its few customers bought")
         if self.job == "psi" and self.psi_receiver == self.psi_sender:
             raise ConfigError("psi-receiver and psi-sender must be different silos")
+        self._check_joint()
+
+    @property
+    def joint_features(self) -> tuple[str, ...]:
+        """The feature silos of a joint (vertical) run, in the order of the top model's input."""
+        return tuple(n.strip() for n in self.joint_feature_silos.split(",") if n.strip())
+
+    def _check_joint(self) -> None:
+        if self.joint_horizon_days > 366:
+            raise ConfigError(f"joint-horizon-days must be at most 366, got {self.joint_horizon_days}")
+        if not (isinstance(self.joint_clip, int | float) and self.joint_clip > 0):
+            raise ConfigError(f"joint-clip must be > 0, got {self.joint_clip!r}")
+        for name in ("joint_noise_gradient", "joint_noise_embedding"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 \
+                    or value == float("inf"):
+                raise ConfigError(f"{_key(name)} must be a finite number >= 0, got {value!r}")
+        if self.job != "joint":
+            return
+        if self.joint_noise_gradient <= 0:
+            raise ConfigError("joint-noise-gradient must be > 0: the gradients the label silo "
+                              "sends are functions of its labels, and they only leave it noised "
+                              "(label DP)")
+        features = self.joint_features
+        if not features:
+            raise ConfigError("joint-feature-silos names no silo (a comma-separated list)")
+        if len(set(features)) != len(features) or self.joint_label_silo in features:
+            raise ConfigError(f"joint-feature-silos {self.joint_feature_silos!r} must name distinct "
+                              f"silos other than the label silo {self.joint_label_silo!r}")
 
     @property
     def effective_purpose(self) -> str:
@@ -143,6 +180,8 @@ class TrainConfig:
             return self.purpose
         if self.job == "regional":
             return "recommendation-training"
+        if self.job == "joint":
+            return "joint-model"
         return "segmentation" if self.job == "segment" else DEFAULT_PURPOSE[self.model]
 
     # -- conversions -------------------------------------------------------

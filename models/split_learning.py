@@ -11,19 +11,29 @@ Setting
     never leave the label silo; raw features never leave a feature silo.
 
 What crosses, and only through two functions
-    Per batch of row indices:
+    Training runs in *rounds*; each round is one release in each direction,
+    about every aligned row at once:
 
-    1. each feature silo computes its embeddings and hands them to
-       :func:`release_embeddings` (feature silo -> label silo);
-    2. the label silo runs the top model on the released embeddings, computes
-       the per-row gradient of the loss with respect to each released
-       embedding, and hands those to :func:`release_gradients` (label silo ->
-       feature silo);
-    3. each feature silo back-propagates the released gradient through its own
-       bottom model and steps its own optimiser.
+    1. each feature silo computes the embeddings of all its rows with its
+       current bottom model and hands them to :func:`release_embeddings`
+       (feature silo -> label silo);
+    2. the label silo trains the top model (and the bottom model of its own
+       block) for ``top_epochs`` over the released embeddings -- post-processing,
+       free of privacy cost -- then computes every row's gradient of its own
+       loss with respect to the released embeddings and hands them to
+       :func:`release_gradients` (label silo -> feature silos);
+    3. each feature silo moves its bottom model towards ``embedding - step *
+       gradient`` for its rows (``bottom_epochs`` of regression on those
+       targets: again post-processing of what it received).
 
-    A Flower version replaces exactly these two calls by messages relayed by the
-    server (row indices + tensors); everything else stays on its node.
+    Why rounds over the whole population rather than per-batch messages: the
+    label-DP noise on a row's gradient then averages over *all* rows in the
+    bottom model's update (noise / sqrt(n) instead of / sqrt(batch)), each row
+    is released once per round instead of once per epoch, and a Flower run
+    needs two message exchanges per round, not per batch. A Flower version
+    replaces exactly the two release calls by messages relayed by the server
+    (anonymous row order + tensors); everything else stays on its node
+    (:mod:`fedprofile.client.joint`, :mod:`fedprofile.server.joint`).
 
 Privacy of each direction (a Gaussian mechanism per row and per release)
     *Embeddings* (protect feature-silo customers): every row's embedding is
@@ -44,11 +54,20 @@ Privacy of each direction (a Gaussian mechanism per row and per release)
     present vs a null row releasing nothing/zero) has sensitivity ``C`` and
     effective multiplier ``sigma``.
 
-    Participation. Batches are a shuffle of all rows, so each row is released
-    exactly once per epoch in each direction. No amplification by subsampling
-    is claimed (shuffling is not Poisson sampling, and the row set is known),
-    so ``E`` epochs are ``MechanismStep(sigma_eff, 1.0, E)`` per direction,
-    composed with the RDP accountant of :mod:`fedprofile.privacy.accounting`.
+    Participation. Every row is released once per round in each direction
+    (plus one embedding release per evaluation or scoring of those rows). No
+    amplification by subsampling is claimed, so ``R`` rounds are
+    ``MechanismStep(sigma_eff, 1.0, R)`` per direction, composed with the RDP
+    accountant of :mod:`fedprofile.privacy.accounting`.
+
+    What DP on each direction costs (measured on the demo platform, 20,000
+    people, datapacks labels x flights features, 30-day horizon, ~4,900
+    aligned rows; test AUC): label silo alone 0.910; joint without noise 0.920
+    to 0.930; joint with label-DP gradients at sigma_g = 1 or 4 and clean
+    embeddings 0.919 / 0.924; any embedding noise (sigma_e from 0.5 up, with or
+    without standardised embeddings, embedding width 1 to 8) 0.907 to 0.910,
+    i.e. no gain left. Hence the federated job's defaults: label DP on (the
+    gradients are always noised), embedding noise off unless asked for.
 
     Known gap (stated, not hidden): the per-row argument bounds what one release
     of row ``i`` says about row ``i``'s own data *given the models*. The bottom
@@ -70,7 +89,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Sequence
+import io
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -90,6 +110,16 @@ __all__ = [
     "release_embeddings",
     "release_gradients",
     "vertical_privacy",
+    "direction_epsilon",
+    "new_bottom",
+    "new_top",
+    "new_optimizer",
+    "local_embeddings",
+    "train_top",
+    "embedding_gradients",
+    "update_bottom",
+    "pack_party",
+    "unpack_party",
     "train_vertical",
     "predict_vertical",
     "PURPOSE",
@@ -138,6 +168,10 @@ class VerticalConfig:
     ``label_block``: index (in ``feature_blocks``) of a block held by the label
     silo itself; its embedding never crosses, so it is neither clipped nor
     noised. ``None``: every block belongs to a feature silo.
+    ``rounds``: releases in each direction. ``top_epochs`` / ``bottom_epochs``:
+    passes over the rows per round on each side (free post-processing).
+    ``embedding_step``: how far a feature silo moves each row's embedding
+    along its released gradient per round.
     ``noise_embedding`` / ``noise_gradient`` are noise multipliers (std / clip);
     0 disables the noise (clipping still applies).
     """
@@ -145,10 +179,13 @@ class VerticalConfig:
     embed_dim: int = 8
     bottom_hidden: int = 32
     top_hidden: int = 16
-    epochs: int = 20
+    rounds: int = 6
+    top_epochs: int = 5
+    bottom_epochs: int = 5
     batch_size: int = 256
     lr: float = 1e-2
     weight_decay: float = 1e-4
+    embedding_step: float = 0.5
     clip_embedding: float = 1.0
     noise_embedding: float = 0.0
     clip_gradient: float = 1.0
@@ -159,12 +196,15 @@ class VerticalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "bottom_hidden", "top_hidden", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("lr", "clip_embedding", "clip_gradient"):
-            if not float(getattr(self, name)) > 0.0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("embed_dim", "bottom_hidden", "top_hidden", "rounds", "top_epochs",
+                     "bottom_epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "clip_embedding", "clip_gradient", "embedding_step"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
         for name in ("noise_embedding", "noise_gradient", "weight_decay"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0.0):
@@ -188,7 +228,8 @@ class VerticalPrivacy:
 
     neighbouring: str
     delta: float
-    epochs: int
+    embedding_releases: int
+    gradient_releases: int
     embedding_epsilon: float
     gradient_epsilon: float
     embedding_history: tuple[MechanismStep, ...] = ()
@@ -276,25 +317,33 @@ def _sensitivity_factor(neighbouring: str) -> float:
     return 2.0 if neighbouring == "replace_one" else 1.0
 
 
-def vertical_privacy(cfg: VerticalConfig, has_feature_silo: bool = True) -> VerticalPrivacy:
-    """Epsilon per direction: each row released once per epoch, ``MechanismStep(sigma_eff, 1.0, E)``.
+def direction_epsilon(sigma: float, releases: int, delta: float,
+                      neighbouring: str = "replace_one") -> tuple[float, tuple[MechanismStep, ...]]:
+    """Epsilon of ``releases`` Gaussian releases per row at noise multiplier ``sigma``.
+
+    ``(inf, ())`` without noise, ``(0, ())`` with no release at all.
+    """
+    if releases <= 0:
+        return 0.0, ()
+    if sigma <= 0.0:
+        return math.inf, ()
+    history = (MechanismStep(sigma / _sensitivity_factor(neighbouring), 1.0, int(releases)),)
+    return epsilon(history, delta, "rdp"), history
+
+
+def vertical_privacy(cfg: VerticalConfig, has_feature_silo: bool = True,
+                     extra_embedding_releases: int = 0) -> VerticalPrivacy:
+    """Epsilon per direction: each row released once per round, ``MechanismStep(sigma_eff, 1.0, R)``.
 
     ``sigma_eff = sigma / 2`` under replace-one (sensitivity ``2C``), ``sigma``
-    under add/remove (sensitivity ``C``).
+    under add/remove (sensitivity ``C``). ``extra_embedding_releases``: releases
+    of the same rows' embeddings after training (evaluation, scoring).
     """
-    factor = _sensitivity_factor(cfg.neighbouring)
-
-    def direction(sigma: float) -> tuple[float, tuple[MechanismStep, ...]]:
-        if not has_feature_silo:
-            return 0.0, ()
-        if sigma <= 0.0:
-            return math.inf, ()
-        history = (MechanismStep(sigma / factor, 1.0, cfg.epochs),)
-        return epsilon(history, cfg.delta, "rdp"), history
-
-    e_eps, e_hist = direction(cfg.noise_embedding)
-    g_eps, g_hist = direction(cfg.noise_gradient)
-    return VerticalPrivacy(cfg.neighbouring, cfg.delta, cfg.epochs, e_eps, g_eps, e_hist, g_hist)
+    e_n = cfg.rounds + extra_embedding_releases if has_feature_silo else 0
+    g_n = cfg.rounds if has_feature_silo else 0
+    e_eps, e_hist = direction_epsilon(cfg.noise_embedding, e_n, cfg.delta, cfg.neighbouring)
+    g_eps, g_hist = direction_epsilon(cfg.noise_gradient, g_n, cfg.delta, cfg.neighbouring)
+    return VerticalPrivacy(cfg.neighbouring, cfg.delta, e_n, g_n, e_eps, g_eps, e_hist, g_hist)
 
 
 # ---------------------------------------------------------------------------
@@ -318,12 +367,123 @@ def _check_blocks(feature_blocks: Sequence[np.ndarray], n: int | None = None) ->
     return out
 
 
+def new_bottom(in_dim: int, cfg: VerticalConfig, seed: int) -> BottomModel:
+    """A party's bottom model, initialised from ``seed`` (each party seeds its own)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BottomModel(in_dim, cfg.embed_dim, cfg.bottom_hidden)
+
+
+def new_top(n_blocks: int, cfg: VerticalConfig, seed: int) -> TopModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TopModel(cfg.embed_dim * n_blocks, cfg.top_hidden)
+
+
+def new_optimizer(params: Iterable[nn.Parameter], cfg: VerticalConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def local_embeddings(bottom: BottomModel, x: torch.Tensor, clip: float) -> torch.Tensor:
+    """The clipped embeddings a feature silo would release (before noise)."""
+    bottom.eval()
+    return _clip_rows(bottom(x), clip)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=gen)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def train_top(top: TopModel, optimizer: torch.optim.Optimizer, received: Sequence[torch.Tensor],
+              y: torch.Tensor, cfg: VerticalConfig, gen: torch.Generator,
+              own_bottom: BottomModel | None = None, own_x: torch.Tensor | None = None) -> float:
+    """Label silo: ``top_epochs`` over the released embeddings (and its own block); mean loss.
+
+    ``optimizer`` covers the top model and, when the label silo has a block of
+    its own, that block's bottom model.
+    """
+    bce = nn.BCEWithLogitsLoss(reduction="sum")
+    n = len(y)
+    top.train()
+    if own_bottom is not None:
+        own_bottom.train()
+    total = 0.0
+    for _ in range(cfg.top_epochs):
+        total = 0.0
+        for idx in _batches(n, cfg.batch_size, gen):
+            parts = ([own_bottom(own_x[idx])] if own_bottom is not None else []) + [
+                z[idx] for z in received]
+            optimizer.zero_grad()
+            loss = bce(top(torch.cat(parts, dim=1)), y[idx])
+            (loss / len(idx)).backward()
+            optimizer.step()
+            total += float(loss.detach())
+    return total / max(n, 1)
+
+
+def embedding_gradients(top: TopModel, received: Sequence[torch.Tensor], y: torch.Tensor,
+                        own_bottom: BottomModel | None = None,
+                        own_x: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Label silo: each row's gradient of its *own* loss w.r.t. each released embedding block.
+
+    The loss is a sum over rows, so the gradient with respect to row ``i``'s
+    input is row ``i``'s own gradient. To be released with :func:`release_gradients`.
+    """
+    top.eval()
+    leaves = [z.detach().clone().requires_grad_(True) for z in received]
+    with torch.no_grad():
+        own = [own_bottom.eval()(own_x)] if own_bottom is not None else []
+    loss = nn.BCEWithLogitsLoss(reduction="sum")(top(torch.cat([*own, *leaves], dim=1)), y)
+    grads = torch.autograd.grad(loss, leaves)
+    return [g.detach() for g in grads]
+
+
+def update_bottom(bottom: BottomModel, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  gradient: torch.Tensor, cfg: VerticalConfig, gen: torch.Generator) -> float:
+    """Feature silo: move the bottom model towards ``embedding - step * released gradient``.
+
+    Regression on fixed targets, so several passes reuse one release (free
+    post-processing). Returns the last pass's mean squared distance.
+    """
+    targets = local_embeddings(bottom, x, cfg.clip_embedding) - cfg.embedding_step * gradient
+    bottom.train()
+    total = 0.0
+    for _ in range(cfg.bottom_epochs):
+        total = 0.0
+        for idx in _batches(len(x), cfg.batch_size, gen):
+            optimizer.zero_grad()
+            out = _clip_rows(bottom(x[idx]), cfg.clip_embedding)
+            loss = ((out - targets[idx]) ** 2).sum()
+            (loss / len(idx)).backward()
+            optimizer.step()
+            total += float(loss.detach())
+    return total / max(len(x), 1)
+
+
+def pack_party(model: nn.Module, optimizer: torch.optim.Optimizer) -> bytes:
+    """A party's model and optimiser state as bytes, for node-local state between rounds."""
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+def unpack_party(blob: bytes, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore what :func:`pack_party` saved (tensors only: ``weights_only``)."""
+    state = torch.load(io.BytesIO(blob), weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+
+
 def train_vertical(feature_blocks: list[np.ndarray], labels: np.ndarray,
                    cfg: VerticalConfig = VerticalConfig()) -> VerticalResult:
-    """Train bottom models (one per block) and the top model by the split protocol.
+    """Train bottom models (one per block) and the top model by the round protocol.
 
     Rows of every block and of ``labels`` are the same aligned customers in the
-    same order. Binary labels in {0, 1}; loss is binary cross-entropy.
+    same order. Binary labels in {0, 1}; loss is binary cross-entropy. This is
+    the in-process reference of exactly what the Flower job does.
     """
     y = np.asarray(labels, dtype=np.float32).reshape(-1)
     blocks = _check_blocks(feature_blocks, len(y))
@@ -331,90 +491,59 @@ def train_vertical(feature_blocks: list[np.ndarray], labels: np.ndarray,
         raise ValueError(f"label_block {cfg.label_block} out of range for {len(blocks)} blocks")
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("labels must be 0/1")
-    n = len(y)
-    if n == 0:
+    if len(y) == 0:
         raise ValueError("no rows to train on")
     yt = torch.from_numpy(y)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        bottoms = [BottomModel(b.shape[1], cfg.embed_dim, cfg.bottom_hidden) for b in blocks]
-        top = TopModel(cfg.embed_dim * len(blocks), cfg.top_hidden)
-    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    remote = [k for k in range(len(blocks)) if k != cfg.label_block]
+    bottoms = [new_bottom(b.shape[1], cfg, cfg.seed + 1 + k) for k, b in enumerate(blocks)]
+    # The label silo's own block (if any) goes first in the top model's input.
+    top = new_top(len(blocks), cfg, cfg.seed)
+    own = bottoms[cfg.label_block] if cfg.label_block is not None else None
+    own_x = blocks[cfg.label_block] if cfg.label_block is not None else None
+    opt_top = new_optimizer([*top.parameters(), *(own.parameters() if own else [])], cfg)
+    opt_bottom = {k: new_optimizer(bottoms[k].parameters(), cfg) for k in remote}
+    gen = torch.Generator().manual_seed(cfg.seed)
     noisy = cfg.noise_embedding > 0.0 or cfg.noise_gradient > 0.0
     noise_gen = entropy_generator() if noisy else None
-
-    # Each party owns its optimiser: feature silos theirs, the label silo the top's.
-    opt_bottom = [torch.optim.Adam(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-                  for b in bottoms]
-    opt_top = torch.optim.Adam(top.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    remote = [k for k in range(len(blocks)) if k != cfg.label_block]
-    bce = nn.BCEWithLogitsLoss(reduction="sum")
     history: list[float] = []
-
-    for _epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=shuffle_gen)
-        total = 0.0
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]  # the anonymous row indices of this batch
-            b = len(idx)
-            # (1) feature silos: forward their bottoms, release embeddings.
-            local_out = [bottoms[k](blocks[k][idx]) for k in range(len(blocks))]
-            received: list[torch.Tensor] = []
-            for k in range(len(blocks)):
-                if k == cfg.label_block:
-                    received.append(local_out[k])  # stays inside the label silo
-                else:
-                    released = release_embeddings(local_out[k], cfg.clip_embedding,
-                                                   cfg.noise_embedding, noise_gen)
-                    received.append(released.requires_grad_(True))
-            # (2) label silo: top model on what it received, per-row gradients.
-            opt_top.zero_grad()
-            if cfg.label_block is not None:
-                opt_bottom[cfg.label_block].zero_grad()
-            logits = top(torch.cat(received, dim=1))
-            loss_sum = bce(logits, yt[idx])
-            loss_sum.backward()  # sum of per-row losses: grad wrt row i's input is row i's own gradient
-            with torch.no_grad():
-                for p in top.parameters():
-                    p.grad /= b
-                if cfg.label_block is not None:
-                    for p in bottoms[cfg.label_block].parameters():
-                        p.grad /= b
-            opt_top.step()
-            if cfg.label_block is not None:
-                opt_bottom[cfg.label_block].step()
-            grads = release_gradients([received[k].grad for k in remote], cfg.clip_gradient,
-                                      cfg.noise_gradient, noise_gen)
-            # (3) feature silos: back-propagate the released gradients (batch mean).
-            for k, g in zip(remote, grads, strict=True):
-                opt_bottom[k].zero_grad()
-                local_out[k].backward(g / b)
-                opt_bottom[k].step()
-            total += float(loss_sum.detach())
-        history.append(total / n)
-
-    privacy = vertical_privacy(cfg, has_feature_silo=bool(remote))
+    for _round in range(cfg.rounds):
+        received = [release_embeddings(local_embeddings(bottoms[k], blocks[k], cfg.clip_embedding),
+                                       cfg.clip_embedding, cfg.noise_embedding, noise_gen)
+                    for k in remote]
+        history.append(train_top(top, opt_top, received, yt, cfg, gen, own, own_x))
+        if not remote:
+            continue
+        grads = release_gradients(embedding_gradients(top, received, yt, own, own_x),
+                                  cfg.clip_gradient, cfg.noise_gradient, noise_gen)
+        for k, g in zip(remote, grads, strict=True):
+            update_bottom(bottoms[k], opt_bottom[k], blocks[k], g, cfg, gen)
+    privacy = vertical_privacy(cfg, has_feature_silo=bool(remote), extra_embedding_releases=1)
     return VerticalResult(bottoms, top, history, privacy, cfg, tuple(int(b.shape[1]) for b in blocks))
 
 
 @torch.no_grad()
-def predict_vertical(result: VerticalResult, feature_blocks: list[np.ndarray]) -> np.ndarray:
+def predict_vertical(result: VerticalResult, feature_blocks: list[np.ndarray],
+                     release_noise: bool = True) -> np.ndarray:
     """Scores (probabilities) for aligned rows of ``feature_blocks``.
 
-    Remote embeddings are clipped as in training but not noised: this is the
-    evaluation of the reference protocol. Scoring in production sends test-row
-    embeddings across too; with noise those releases need their own accounting.
+    Remote embeddings cross to the label silo to be scored, so by default they
+    are released as in training (clipped and noised): the score a deployment
+    gets. ``release_noise=False`` shows what the models learned without that
+    last release's noise.
     """
     blocks = _check_blocks(feature_blocks)
     if tuple(int(b.shape[1]) for b in blocks) != result.block_dims:
         raise ValueError(f"block widths {[b.shape[1] for b in blocks]} differ from training "
                          f"{list(result.block_dims)}")
     cfg = result.config
-    parts = []
+    sigma = cfg.noise_embedding if release_noise else 0.0
+    own: list[torch.Tensor] = []
+    remote: list[torch.Tensor] = []
     for k, (bottom, block) in enumerate(zip(result.bottoms, blocks, strict=True)):
-        bottom.eval()
-        h = bottom(block)
-        parts.append(h if k == cfg.label_block else _clip_rows(h, cfg.clip_embedding))
+        if k == cfg.label_block:
+            own.append(bottom.eval()(block))
+        else:
+            remote.append(release_embeddings(local_embeddings(bottom, block, cfg.clip_embedding),
+                                             cfg.clip_embedding, sigma))
     result.top.eval()
-    return torch.sigmoid(result.top(torch.cat(parts, dim=1))).numpy().astype(np.float64)
+    return torch.sigmoid(result.top(torch.cat([*own, *remote], dim=1))).numpy().astype(np.float64)

@@ -425,6 +425,41 @@ class PsiReceiver:
         common = frozenset(x for x, v in zip(self._elements, ab) if v in ba)
         return PsiResult(len(common), common, self._request_len, len(b))
 
+    def finish_positions(self, responses: Sequence[tuple[Sequence[bytes], Sequence[bytes]]]
+                         ) -> list[dict[bytes, int]]:
+        """Step 3 for record alignment: where each of R's elements sits in each sender's list.
+
+        ``responses[k]`` is sender k's ``(b, ab)`` from :meth:`PsiSender.respond_ordered`
+        (intersection mode, same request). Returns, per sender, ``{x: j}`` for
+        every element ``x`` of R that sender k also holds, ``j`` being its
+        position in k's *shuffled* list ``b``. Sender k can resolve ``j`` (it
+        kept its shuffle), nobody else can: a list of such positions, in an
+        order R draws, is how R tells the senders which rows to line up
+        without anyone naming a customer. R learns what intersection mode
+        reveals anyway (which of its elements each sender holds).
+        """
+        if self._request_len is None:
+            raise PsiError("finish_positions() before request(): nothing to match against")
+        if self.cardinality_only:
+            raise PsiError("record alignment needs intersection mode, not cardinality mode")
+        scalar = self._secret.get()
+        checked = []
+        for k, (b, ab) in enumerate(responses):
+            b = _check_blinded(b, f"sender {k} blinded")
+            ab = _check_blinded(ab, f"sender {k} double_blinded")
+            if len(ab) != self._request_len:
+                raise PsiError(f"sender {k} double_blinded has {len(ab)} values but the request "
+                               f"had {self._request_len}")
+            checked.append((b, ab))
+        reblinded = _run_jobs([(_blind_chunk, (scalar,), b) for b, _ in checked], self._workers,
+                              "sender_blinded")
+        self._secret.forget()
+        out = []
+        for (_b, ab), ba in zip(checked, reblinded, strict=True):
+            where = {v: j for j, v in enumerate(ba)}
+            out.append({x: where[v] for x, v in zip(self._elements, ab) if v in where})
+        return out
+
 
     def suspend(self) -> dict[str, Any]:
         """The session between ``request`` and ``finish``, for a transport that may
@@ -471,9 +506,10 @@ class PsiSender:
     The scalar is forgotten after ``respond``: S has nothing left to do.
     """
 
-    __slots__ = ("_elements", "_prefix", "_secret", "_workers")
+    __slots__ = ("_elements", "_order", "_prefix", "_secret", "_workers")
 
     def __init__(self, elements: Iterable[bytes], context: bytes, *, workers: int | None = None) -> None:
+        self._order: list[bytes] = []
         self._prefix = _prefix(context)
         self._workers = _resolve_workers(workers)
         self._elements = _distinct_elements(elements, "sender")
@@ -507,10 +543,22 @@ class PsiSender:
         self._secret.forget()
         # S's elements are already in a random order, so b is too; shuffle
         # anyway, so that b's order never depends on how the list was built.
-        b = _shuffled(b)
+        order = _random_permutation(len(b))
+        self._order = [self._elements[i] for i in order]
+        b = [b[i] for i in order]
         if cardinality_only:
             ab = _shuffled(ab)
         return b, ab
+
+    def respond_ordered(self, request: Sequence[bytes]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Step 2 for record alignment (intersection mode): ``(b, ab, order)``.
+
+        ``order[j]`` is the element whose blinded value is ``b[j]``. It is the
+        sender's secret key to the receiver's answer (positions in ``b``):
+        keep it in the silo, never send it.
+        """
+        b, ab = self.respond(request, cardinality_only=False)
+        return b, ab, list(self._order)
 
 
 def private_intersection(

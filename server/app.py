@@ -35,6 +35,7 @@ from fedprofile.simulations.plots import plot_file, plot_metric_by_round
 from .evaluation import BINARY, RANKING, Evaluator
 from .recommend import collect_catalog
 from .budget import charged, charged_server_dp
+from .joint import run_joint
 from .psi import run_psi
 from .regional import run_regional
 from .segment import run_segmentation
@@ -107,7 +108,7 @@ def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the job the run config names: training (default), PSI, segmentation or regional."""
+    """Run the job the run config names: training (default), PSI, segmentation, regional or joint."""
     cfg = TrainConfig.from_mapping(context.run_config)
     run_dir = cfg.run_path(f"flwr-{context.run_id}")
     if cfg.job == "psi":
@@ -119,6 +120,9 @@ def main(grid: Grid, context: Context) -> None:
         return
     if cfg.job == "regional":
         run_regional(grid, str(context.run_id), cfg, run_dir)
+        return
+    if cfg.job == "joint":
+        run_joint(grid, str(context.run_id), cfg, run_dir)
         return
     train(grid, context, cfg, run_dir)
 

@@ -12,6 +12,7 @@ recomputed here from the reported mechanism), or released if it never trained.
 from __future__ import annotations
 
 import getpass
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
 
 def require_ledger(cfg: TrainConfig) -> None:
     """Fail before any Flower process starts when a DP run has no ledger to be charged to."""
-    if not (cfg.dp or cfg.server_dp):
+    if not (cfg.dp or cfg.server_dp or cfg.job == "joint"):  # joint: label DP is always on
         return
     path, key_file = ledger_paths(cfg)
     if not path.is_file():
@@ -60,9 +61,12 @@ def require_ledger(cfg: TrainConfig) -> None:
         raise ConfigError(f"the ledger's key file {key_file} does not exist (set ledger-key-file)")
 
 
-def collect_plans(grid: Grid, config: ConfigRecord, timeout: float) -> dict[str, ConfigRecord]:
+def collect_plans(grid: Grid, config: ConfigRecord, timeout: float,
+                  nodes: list[int] | None = None) -> dict[str, ConfigRecord]:
+    """Every node's (or ``nodes``') plan for the run, by silo name."""
+    targets = list(grid.get_node_ids()) if nodes is None else nodes
     messages = [Message(content=RecordDict({"config": config}), message_type="query.dp_plan",
-                        dst_node_id=n) for n in grid.get_node_ids()]
+                        dst_node_id=n) for n in targets]
     plans: dict[str, ConfigRecord] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
@@ -74,13 +78,15 @@ def collect_plans(grid: Grid, config: ConfigRecord, timeout: float) -> dict[str,
 
 @contextmanager
 def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
-            model_id: str) -> Iterator[Budget]:
-    """Reserve every silo's planned epsilon; settle or release when the block ends."""
+            model_id: str, nodes: list[int] | None = None) -> Iterator[Budget]:
+    """Reserve every silo's (or ``nodes``') planned epsilon; settle or release when the block ends."""
     path, key_file = ledger_paths(cfg)
     if not path.is_file():
         raise ConfigError(f"DP runs are charged to a privacy-budget ledger, and there is none at "
                           f"{path}: create it with `fedprofile ledger init` and set caps")
-    plans = collect_plans(grid, config, cfg.round_timeout)
+    plans = collect_plans(grid, config, cfg.round_timeout, nodes)
+    if nodes is not None and len(plans) != len(nodes):
+        raise ConfigError(f"only {len(plans)} of {len(nodes)} silos sent a DP plan")
     operator = getpass.getuser()
     with Ledger.open(path, ledger_key_from_file(key_file)) as ledger:
         budget = Budget(ledger, run_id)
@@ -114,6 +120,19 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
                 else:
                     ledger.release(reservation, "the silo did not train in this run",
                                    operator=operator)
+
+
+def gaussian_spent(noise_multiplier: float, delta: float, releases: int,
+                   clip_norm: float) -> dict[str, float]:
+    """What ``releases`` Gaussian releases at sample rate 1 cost, in the form :func:`charged` settles."""
+    steps = [MechanismStep(noise_multiplier, 1.0, releases)]
+    with warnings.catch_warnings():  # the PRV accountant's grid warns for a few releases
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
+                                category=RuntimeWarning)
+        prv = epsilon(steps, delta, "prv")
+    return {"noise-multiplier": noise_multiplier, "sample-rate": 1.0, "steps": float(releases),
+            "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"),
+            "epsilon-prv": prv, "clip-norm": clip_norm}
 
 
 def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],

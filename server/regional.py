@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from logging import INFO
@@ -39,9 +38,8 @@ from flwr.serverapp import Grid
 from fedprofile.client.regional import MECHANISM, RegionCounts, sensitivity
 from fedprofile.config import TrainConfig
 from fedprofile.files import atomic_write_json, atomic_write_text
-from fedprofile.privacy.accounting import MechanismStep, epsilon
 
-from .budget import charged
+from .budget import charged, gaussian_spent
 
 REGIONAL_FILE = "regional.json"
 REGIONAL_TEXT = "regional.txt"
@@ -116,14 +114,7 @@ def _release(grid: Grid, nodes: Sequence[int], config: ConfigRecord, agreed: Agr
 
 def spent(noise_multiplier: float, delta: float, max_items: int) -> dict[str, float]:
     """What one release cost a silo, in the form the ledger settles (one step, sample rate 1)."""
-    steps = [MechanismStep(noise_multiplier, 1.0, 1)]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
-                                category=RuntimeWarning)
-        prv = epsilon(steps, delta, "prv")
-    return {"noise-multiplier": noise_multiplier, "sample-rate": 1.0, "steps": 1.0,
-            "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"), "epsilon-prv": prv,
-            "clip-norm": sensitivity(max_items)}
+    return gaussian_spent(noise_multiplier, delta, 1, sensitivity(max_items))
 
 
 def shown_count(noisy: float) -> int:

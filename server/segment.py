@@ -29,9 +29,8 @@ from fedprofile.config import TrainConfig
 from fedprofile.files import atomic_write_json, atomic_write_text
 from fedprofile.models.kmeans import (CANDIDATES_PER_CLUSTER, ClusterStats, default_min_count,
                                       init_centroids, merge, seed_centroids, update_centroids)
-from fedprofile.privacy.accounting import MechanismStep, epsilon
 
-from .budget import charged
+from .budget import charged, gaussian_spent
 
 SEGMENTS_FILE = "segments.json"
 SEGMENTS_TEXT = "segments.txt"
@@ -68,10 +67,7 @@ def _release(grid: Grid, nodes: list[int], centroids: np.ndarray, config: Config
 
 def spent(plan_sigma: float, delta: float, n_releases: int) -> dict[str, float]:
     """What a silo spent, in the form the ledger settles (sample rate 1: no subsampling)."""
-    steps = [MechanismStep(plan_sigma, 1.0, n_releases)]
-    return {"noise-multiplier": plan_sigma, "sample-rate": 1.0, "steps": float(n_releases),
-            "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"),
-            "epsilon-prv": epsilon(steps, delta, "prv"), "clip-norm": CLIP_NORM}
+    return gaussian_spent(plan_sigma, delta, n_releases, CLIP_NORM)
 
 
 def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:

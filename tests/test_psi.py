@@ -254,3 +254,41 @@ def test_suspend_and_resume_across_processes_gives_the_same_result() -> None:
         receiver.finish(b, ab)  # the suspended instance forgot its scalar
     with pytest.raises(PsiError, match="not a suspended PSI session"):
         PsiReceiver.resume({"scalar": b"short"}, b"ctx")
+
+
+def test_alignment_positions_resolve_to_the_same_people_in_every_sender() -> None:
+    from fedprofile.privacy.psi import PsiReceiver, PsiSender
+
+    receiver_set = [f"p{i}".encode() for i in range(0, 300)]
+    senders = [[f"p{i}".encode() for i in range(100, 500)],
+               [f"p{i}".encode() for i in range(250, 260)] + [b"other"]]
+    receiver = PsiReceiver(receiver_set, b"ctx", workers=1)
+    request = receiver.request()
+    answers, orders = [], []
+    for elements in senders:
+        sender = PsiSender(elements, b"ctx", workers=1)
+        b, ab, order = sender.respond_ordered(request)
+        answers.append((b, ab))
+        orders.append(order)
+        assert sorted(order) == sorted(set(elements))  # the sender's key to its positions
+    where = receiver.finish_positions(answers)
+    assert set(where[0]) == {f"p{i}".encode() for i in range(100, 300)}
+    assert set(where[1]) == {f"p{i}".encode() for i in range(250, 260)}
+    for k in range(2):
+        for element, position in where[k].items():
+            assert orders[k][position] == element  # only sender k can read its positions
+    with pytest.raises(PsiError):  # one session, one use
+        receiver.finish_positions(answers)
+
+
+def test_alignment_refuses_cardinality_mode_and_short_answers() -> None:
+    from fedprofile.privacy.psi import PsiReceiver, PsiSender
+
+    receiver = PsiReceiver([b"a", b"b"], b"ctx", cardinality_only=True, workers=1)
+    b, ab, _ = PsiSender([b"a"], b"ctx", workers=1).respond_ordered(receiver.request())
+    with pytest.raises(PsiError, match="intersection mode"):
+        receiver.finish_positions([(b, ab)])
+    receiver = PsiReceiver([b"a", b"b"], b"ctx", workers=1)
+    b, ab, _ = PsiSender([b"a"], b"ctx", workers=1).respond_ordered(receiver.request())
+    with pytest.raises(PsiError, match="request had 2"):
+        receiver.finish_positions([(b, ab[:1])])

@@ -34,7 +34,7 @@ def two_block_problem(n: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     return [a, b], y
 
 
-FAST = VerticalConfig(epochs=8, batch_size=128, lr=1e-2, embed_dim=4, seed=3)
+FAST = VerticalConfig(rounds=8, batch_size=128, lr=1e-2, embed_dim=4, seed=3)
 
 
 # --------------------------------------------------------------------------- releases
@@ -96,20 +96,20 @@ def test_training_passes_only_embeddings_and_embedding_gradients_across(
 
     monkeypatch.setattr(sl, "release_embeddings", spy_emb)
     monkeypatch.setattr(sl, "release_gradients", spy_grad)
-    cfg = dataclasses.replace(FAST, epochs=2, batch_size=100, embed_dim=3, label_block=0,
+    cfg = dataclasses.replace(FAST, rounds=2, batch_size=100, embed_dim=3, label_block=0,
                               noise_embedding=0.5, noise_gradient=0.5)
     train_vertical([label_own, *blocks], y, cfg)
-    batches = 2 * 3
-    # Feature side: one release per remote block per batch (the label silo's own block never crosses),
-    # each an embedding [batch, embed_dim] (embed_dim 3 is not any raw width: 6, 5, 7).
-    assert len(calls["emb"]) == 2 * batches
+    # Feature side: one release per remote block per round, of every row at once (the label
+    # silo's own block never crosses), each an embedding [rows, embed_dim] (embed_dim 3 is not
+    # any raw width: 6, 5, 7).
+    assert len(calls["emb"]) == 2 * 2
     for e in calls["emb"]:
-        assert e.shape == (100, 3)
-    # Label side: one call per batch with one gradient per remote block, same shape as the embeddings;
-    # nothing with the labels' shape or a raw feature width crosses.
-    assert len(calls["grad"]) == batches
+        assert e.shape == (300, 3)
+    # Label side: one call per round with one gradient per remote block, same shape as the
+    # embeddings; nothing with the labels' shape or a raw feature width crosses.
+    assert len(calls["grad"]) == 2
     for grads in calls["grad"]:
-        assert [g.shape for g in grads] == [(100, 3), (100, 3)]
+        assert [g.shape for g in grads] == [(300, 3), (300, 3)]
 
 
 # --------------------------------------------------------------------------- training
@@ -117,10 +117,15 @@ def test_training_passes_only_embeddings_and_embedding_gradients_across(
 
 def test_deterministic_without_noise_and_entropy_noise_with_it() -> None:
     blocks, y = two_block_problem(400, 1)
-    cfg = dataclasses.replace(FAST, epochs=3)
+    cfg = dataclasses.replace(FAST, rounds=3)
     r1, r2 = train_vertical(blocks, y, cfg), train_vertical(blocks, y, cfg)
     assert r1.loss_history == r2.loss_history
     assert np.array_equal(predict_vertical(r1, blocks), predict_vertical(r2, blocks))
+    # Scores go through a release; with embedding noise configured it is noised there too.
+    noisy_scores = dataclasses.replace(r1, config=dataclasses.replace(cfg, noise_embedding=2.0))
+    assert not np.array_equal(predict_vertical(noisy_scores, blocks), predict_vertical(r1, blocks))
+    assert np.array_equal(predict_vertical(noisy_scores, blocks, release_noise=False),
+                          predict_vertical(r1, blocks))
     noisy = dataclasses.replace(cfg, noise_embedding=1.0, noise_gradient=1.0)
     n1, n2 = train_vertical(blocks, y, noisy), train_vertical(blocks, y, noisy)
     assert n1.loss_history != n2.loss_history  # noise is not drawn from the (server-known) seed
@@ -159,14 +164,16 @@ def test_rejects_misaligned_blocks() -> None:
 
 @pytest.mark.parametrize("neighbouring,factor", [("replace_one", 2.0), ("add_remove", 1.0)])
 def test_privacy_per_direction_matches_accountant(neighbouring: str, factor: float) -> None:
-    cfg = VerticalConfig(epochs=7, noise_embedding=3.0, noise_gradient=5.0,
+    cfg = VerticalConfig(rounds=7, noise_embedding=3.0, noise_gradient=5.0,
                          neighbouring=neighbouring, delta=1e-6)  # type: ignore[arg-type]
-    p = vertical_privacy(cfg)
+    p = vertical_privacy(cfg, extra_embedding_releases=1)
+    # Embeddings: once per round plus the evaluation's release; gradients once per round.
     assert p.embedding_epsilon == pytest.approx(
-        epsilon([MechanismStep(3.0 / factor, 1.0, 7)], 1e-6, "rdp"))
+        epsilon([MechanismStep(3.0 / factor, 1.0, 8)], 1e-6, "rdp"))
     assert p.gradient_epsilon == pytest.approx(
         epsilon([MechanismStep(5.0 / factor, 1.0, 7)], 1e-6, "rdp"))
-    assert p.embedding_history == (MechanismStep(3.0 / factor, 1.0, 7),)
+    assert p.embedding_history == (MechanismStep(3.0 / factor, 1.0, 8),)
+    assert (p.embedding_releases, p.gradient_releases) == (8, 7)
     assert p.purpose == "joint-model"
     assert p.to_dict()["gradient_history"] == [
         {"noise_multiplier": 5.0 / factor, "sample_rate": 1.0, "steps": 7}]
@@ -174,10 +181,10 @@ def test_privacy_per_direction_matches_accountant(neighbouring: str, factor: flo
 
 def test_privacy_without_noise_is_infinite_and_result_carries_it() -> None:
     blocks, y = two_block_problem(200, 0)
-    r = train_vertical(blocks, y, dataclasses.replace(FAST, epochs=2, noise_embedding=2.0))
+    r = train_vertical(blocks, y, dataclasses.replace(FAST, rounds=2, noise_embedding=2.0))
     assert math.isinf(r.privacy.gradient_epsilon)
     assert r.privacy.embedding_epsilon == pytest.approx(
-        epsilon([MechanismStep(1.0, 1.0, 2)], FAST.delta, "rdp"))
+        epsilon([MechanismStep(1.0, 1.0, 3)], FAST.delta, "rdp"))
 
 
 # --------------------------------------------------------------------------- on the platform
@@ -191,9 +198,21 @@ def test_vertical_on_fixture_silos(silos_dir: Path) -> None:
     assert set(train.blocks) == {"datapacks", "flights", "hotels"}
     assert all(b.shape == (len(train.y), 56) for b in train.blocks.values())
     out = compare_vertical(silos_dir, noise_levels=(16.0,),
-                           cfg=VerticalConfig(epochs=10, batch_size=64), seeds=(0, 1),
+                           cfg=VerticalConfig(rounds=6, batch_size=64), seeds=(0, 1),
                            say=lambda _m: None)
     auc = {row["model"]: row["auc"] for row in out["rows"]}  # type: ignore[index]
     assert auc["joint (no noise)"] > 0.7
     # Small intersection (~300 rows): the joint model should not lose to the label silo alone.
     assert auc["joint (no noise)"] >= auc["label silo alone (datapacks)"] - 0.01, auc
+
+
+def test_label_dp_alone_keeps_the_joint_gain() -> None:
+    # The federated job's default: gradients noised (label DP), embeddings clipped only.
+    blocks, y = two_block_problem(3000, 2)
+    test_blocks, y_test = two_block_problem(2000, 5)
+    joint = train_vertical(blocks, y, dataclasses.replace(FAST, noise_gradient=4.0))
+    single = train_vertical([blocks[0]], y, FAST)
+    auc_joint = roc_auc(y_test, predict_vertical(joint, test_blocks))
+    auc_single = roc_auc(y_test, predict_vertical(single, [test_blocks[0]]))
+    assert auc_joint > auc_single + 0.05, (auc_joint, auc_single)
+    assert math.isfinite(joint.privacy.gradient_epsilon)

@@ -1,0 +1,411 @@
+"""A silo's side of vertical (split) learning on Flower: alignment, bottom or top model.
+
+Roles, per run: one *label silo* (holds the labels, the top model and a bottom
+model for its own block) and one or more *feature silos* (each a bottom model
+over its own block). The protocol is :mod:`fedprofile.models.split_learning`'s;
+this module runs its steps as message handlers and keeps each party's state in
+the node's own ``context.state`` (Flower keeps it between messages; it never
+leaves the node).
+
+Alignment (who is row ``r``?) is a PSI with the label silo as receiver and
+each feature silo as sender (:meth:`PsiSender.respond_ordered`,
+:meth:`PsiReceiver.finish_positions`). The label silo keeps the customers
+every feature silo also has, draws their row order from the OS CSPRNG and
+tells each feature silo, through the server, the *position* of row ``r``'s
+customer in that silo's own shuffled list. Only that silo, which kept its
+shuffle, can resolve a position; the server sees positions and sizes. What
+each party learns is what intersection-mode PSI reveals: the label silo which
+of its customers the feature silos have, each feature silo which of its
+customers are aligned (the intersection), and the row count.
+
+Opted-out customers (PIPL Art. 24) take no part: they are not in either side's
+PSI elements, so they are in no row, no training and no score.
+
+Per message, what leaves a silo: blinded PSI values; positions; clipped (and,
+when configured, noised) embeddings of rows; clipped and noised gradients
+(label DP); and, from the label silo at the end, test AUCs and counts. No
+customer key, pseudonym, feature row or label.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedprofile.models.metrics import roc_auc
+from fedprofile.models.split_learning import (VerticalConfig, embedding_gradients,
+                                              entropy_generator, local_embeddings, new_bottom,
+                                              new_optimizer, new_top, pack_party, predict_vertical,
+                                              release_embeddings, release_gradients,
+                                              train_top, train_vertical, unpack_party,
+                                              update_bottom)
+from fedprofile.privacy.psi import PsiReceiver, PsiSender
+
+from .features import DAY, resolve_as_of, snapshot_all
+from .node import DPPlan, checked_delta, silo_and_stamp
+from .store import SiloStore
+
+GRADIENT_MECHANISM = "label-dp-gradients"
+EMBEDDING_MECHANISM = "gaussian-embeddings"
+
+
+def vertical_config(config: ConfigRecord | dict[str, Any]) -> VerticalConfig:
+    """The protocol settings a joint run's config carries (the rest are the protocol defaults)."""
+    clip = float(config["joint-clip"])
+    return VerticalConfig(rounds=int(config["joint-rounds"]), clip_embedding=clip,
+                          clip_gradient=clip,
+                          noise_embedding=float(config["joint-noise-embedding"]),
+                          noise_gradient=float(config["joint-noise-gradient"]),
+                          delta=float(config["dp-delta"]), seed=int(config["seed"]),
+                          label_block=0)
+
+
+def psi_context(config: ConfigRecord) -> bytes:
+    return f"joint|{config['key-domain']}|v{config['key-version']}|{config['session']}".encode()
+
+
+# ---------------------------------------------------------------------------
+# the silo's data: every customer's block at the two snapshots
+
+
+@dataclass(frozen=True)
+class JointData:
+    """A silo's features and labels for all its customers, and who may take part."""
+
+    name: str
+    index_of_phone: dict[bytes, int]  # opted-in customers with an unambiguous phone pseudonym
+    x_train: np.ndarray
+    y_train: np.ndarray
+    eligible_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    eligible_test: np.ndarray
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days: int,
+            as_of: str) -> JointData:
+    del stamp  # part of the key only: a changed store is read again
+    with SiloStore.open(Path(silo_dir)) as store:
+        customers = store.customer_arrays()
+        orders = store.order_arrays(customers)
+        rows = store.execute("SELECT customer_key, phone_pn, marketing_opt_out FROM customers "
+                             "WHERE phone_pn IS NOT NULL").fetchall()
+        name = store.name
+    position = {str(k): i for i, k in enumerate(customers.customer_ids)}
+    seen: dict[str, int] = {}
+    for _key, phone, _ in rows:
+        seen[phone] = seen.get(phone, 0) + 1
+    # A phone shared by two customers of one line cannot say which one is meant: left out.
+    index = {phone.encode(): position[key] for key, phone, opt_out in rows
+             if seen[phone] == 1 and not opt_out}
+    end = resolve_as_of(int(orders.order_time.max()) if len(orders.order_time) else None, as_of)
+    horizon = horizon_days * DAY
+    t_train, t_test = end - 2 * horizon, end - horizon
+    x_tr, y_tr = snapshot_all(customers, orders, t_train, horizon_days)
+    x_te, y_te = snapshot_all(customers, orders, t_test, horizon_days)
+    return JointData(name, index, x_tr, y_tr, customers.signup_date < t_train,
+                     x_te, y_te, customers.signup_date < t_test)
+
+
+def joint_data(context: Context, config: ConfigRecord) -> JointData:
+    silo_dir, stamp = silo_and_stamp(context)
+    return _cached(str(silo_dir), stamp, int(config["joint-horizon-days"]), str(config["as-of"]))
+
+
+def _state_key(kind: str, config: ConfigRecord) -> str:
+    return f"joint-{kind}-{config['session']}"
+
+
+def _take(context: Context, key: str) -> Any:
+    if key not in context.state:
+        raise ValueError(f"this node holds no {key.split('-')[1]} state for joint session "
+                         f"{key.rsplit('-', 1)[-1][:8]}: was the alignment run on it?")
+    return context.state[key]
+
+
+def _ints(values: np.ndarray) -> Array:
+    return Array(np.ascontiguousarray(values, dtype=np.int64))
+
+
+def _floats(values: torch.Tensor | np.ndarray) -> Array:
+    arr = values.numpy() if isinstance(values, torch.Tensor) else values
+    return Array(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def _rows(context: Context, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer index per row, train row ids, test row ids) from this node's state."""
+    record = _take(context, _state_key("rows", config))
+    return (np.asarray(record["customers"], dtype=np.int64),
+            np.asarray(record["train"], dtype=np.int64), np.asarray(record["test"], dtype=np.int64))
+
+
+def _block(data: JointData, customers: np.ndarray, rows: np.ndarray, split: str) -> torch.Tensor:
+    x = data.x_train if split == "train" else data.x_test
+    return torch.from_numpy(np.ascontiguousarray(x[customers[rows]], dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------
+# alignment
+
+
+def _elements(data: JointData) -> list[bytes]:
+    return list(data.index_of_phone)
+
+
+def align_request(msg: Message, context: Context) -> Message:
+    """Label silo, step 1: blind its opted-in customers' phone pseudonyms; keep the session."""
+    config = msg.content["config"]
+    data = joint_data(context, config)
+    receiver = PsiReceiver(_elements(data), psi_context(config))
+    blinded = receiver.request()
+    context.state[_state_key("psi", config)] = ConfigRecord(receiver.suspend())
+    from .app import to_array
+
+    return Message(content=RecordDict({"blinded": ArrayRecord({"a": to_array(blinded)})}),
+                   reply_to=msg)
+
+
+def align_respond(msg: Message, context: Context) -> Message:
+    """Feature silo, step 2: answer the PSI and keep its shuffle (the key to the positions)."""
+    from .app import from_array, to_array
+
+    config = msg.content["config"]
+    data = joint_data(context, config)
+    sender = PsiSender(_elements(data), psi_context(config))
+    b, ab, order = sender.respond_ordered(from_array(msg.content["blinded"]["a"]))
+    context.state[_state_key("psi", config)] = ConfigRecord({"order": order})
+    return Message(content=RecordDict({"blinded": ArrayRecord({"b": to_array(b),
+                                                               "ab": to_array(ab)})}),
+                   reply_to=msg)
+
+
+def _random_order(n: int) -> np.ndarray:
+    keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) if n else np.empty(0, np.uint64)
+    return np.argsort(keys, kind="stable")
+
+
+def align_finish(msg: Message, context: Context) -> Message:
+    """Label silo, step 3: keep the customers every feature silo has; draw the row order.
+
+    Replies, per feature silo, the position of each row's customer in that
+    silo's shuffled list, and which rows train and test (customers who had
+    signed up with the label silo by each snapshot).
+    """
+    from .app import from_array
+
+    config = msg.content["config"]
+    n_features = int(config["joint-n-features"])
+    key = _state_key("psi", config)
+    receiver = PsiReceiver.resume(_take(context, key), psi_context(config))
+    del context.state[key]
+    blinded = msg.content["blinded"]
+    where = receiver.finish_positions([(from_array(blinded[f"b-{k}"]), from_array(blinded[f"ab-{k}"]))
+                                       for k in range(n_features)])
+    common = set(where[0]).intersection(*where[1:]) if where else set()
+    data = joint_data(context, config)
+    ordered = sorted(common)  # a canonical order first, then the random permutation
+    phones = [ordered[i] for i in _random_order(len(ordered))]
+    customers = np.array([data.index_of_phone[p] for p in phones], dtype=np.int64)
+    train = np.flatnonzero(data.eligible_train[customers]) if len(customers) else np.empty(0, int)
+    test = np.flatnonzero(data.eligible_test[customers]) if len(customers) else np.empty(0, int)
+    context.state[_state_key("rows", config)] = ConfigRecord(
+        {"customers": customers.tolist(), "train": train.tolist(), "test": test.tolist()})
+    arrays = {f"pos-{k}": _ints(np.array([where[k][p] for p in phones], dtype=np.int64))
+              for k in range(n_features)}
+    arrays.update({"train": _ints(train), "test": _ints(test)})
+    return Message(content=RecordDict({"alignment": ArrayRecord(arrays)}), reply_to=msg)
+
+
+def align_set(msg: Message, context: Context) -> Message:
+    """Feature silo, step 4: resolve the positions to its own customers; keep the row list."""
+    config = msg.content["config"]
+    key = _state_key("psi", config)
+    order = [bytes(v) for v in _take(context, key)["order"]]
+    del context.state[key]
+    alignment = msg.content["alignment"]
+    positions = alignment["pos"].numpy().astype(np.int64)
+    if len(positions) and (positions.min() < 0 or positions.max() >= len(order)):
+        raise ValueError(f"alignment positions outside this silo's list of {len(order)}")
+    if len(set(positions.tolist())) != len(positions):
+        raise ValueError("alignment names one customer for two rows")
+    data = joint_data(context, config)
+    customers = np.array([data.index_of_phone[order[j]] for j in positions], dtype=np.int64)
+    context.state[_state_key("rows", config)] = ConfigRecord(
+        {"customers": customers.tolist(), "train": alignment["train"].numpy().tolist(),
+         "test": alignment["test"].numpy().tolist()})
+    return Message(content=RecordDict({"rows": ConfigRecord({"rows": len(customers)})}),
+                   reply_to=msg)
+
+
+# ---------------------------------------------------------------------------
+# privacy plan
+
+
+def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
+    """What this silo's releases cost its customers: label DP (label silo) or embedding DP.
+
+    Replace-one neighbours (the rows are fixed by the alignment): the
+    accounted noise multiplier is half the configured one. Feature silos
+    release every train row once per round and the test rows once more.
+    """
+    data = joint_data(context, config)
+    customers, _train, _test = _rows(context, config)
+    n = len(customers)
+    delta = checked_delta(data.name, n, config)
+    rounds = int(config["joint-rounds"])
+    if data.name == str(config["joint-label-silo"]):
+        sigma, releases, mechanism = float(config["joint-noise-gradient"]), rounds, GRADIENT_MECHANISM
+    else:
+        sigma, releases = float(config["joint-noise-embedding"]), rounds + 1
+        mechanism = EMBEDDING_MECHANISM
+        if sigma <= 0:
+            raise ValueError(f"silo {data.name} releases its embeddings without noise "
+                             "(joint-noise-embedding = 0): there is no DP spend to plan")
+    return DPPlan(data.name, sigma / 2.0, 1.0, releases, delta, n, 1), mechanism
+
+
+# ---------------------------------------------------------------------------
+# training and evaluation
+
+
+def _party(context: Context, config: ConfigRecord, build: Any) -> tuple[Any, Any]:
+    """Load (or create on first use) this node's models and optimiser for the session."""
+    model, optimizer = build()
+    key = _state_key("party", config)
+    if key in context.state:
+        unpack_party(bytes(context.state[key]["blob"]), model, optimizer)
+    return model, optimizer
+
+
+def _save_party(context: Context, config: ConfigRecord, model: Any, optimizer: Any) -> None:
+    context.state[_state_key("party", config)] = ConfigRecord({"blob": pack_party(model, optimizer)})
+
+
+def _generator(config: ConfigRecord, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(config["seed"]) * 1_000_003 + salt)
+
+
+def embed(msg: Message, context: Context) -> Message:
+    """Feature silo: apply last round's released gradient (if any), then release embeddings."""
+    config = msg.content["config"]
+    cfg = vertical_config(config)
+    data = joint_data(context, config)
+    customers, train, test = _rows(context, config)
+    x_train = _block(data, customers, train, "train")
+    bottom, optimizer = _party(context, config, lambda: _new_bottom(x_train.shape[1], cfg, config))
+    if "gradient" in msg.content:
+        gradient = torch.from_numpy(msg.content["gradient"]["g"].numpy().astype(np.float32))
+        if gradient.shape != (len(train), cfg.embed_dim):
+            raise ValueError(f"gradient of shape {tuple(gradient.shape)}, expected "
+                             f"{(len(train), cfg.embed_dim)}")
+        update_bottom(bottom, optimizer, x_train, gradient, cfg,
+                      _generator(config, int(config["joint-round"])))
+    split = str(config["joint-split"])
+    x = x_train if split == "train" else _block(data, customers, test, "test")
+    released = release_embeddings(local_embeddings(bottom, x, cfg.clip_embedding),
+                                  cfg.clip_embedding, cfg.noise_embedding, entropy_generator())
+    _save_party(context, config, bottom, optimizer)
+    return Message(content=RecordDict({"embeddings": ArrayRecord({"z": _floats(released)}),
+                                       "silo": ConfigRecord({"name": data.name})}),
+                   reply_to=msg)
+
+
+def _new_bottom(in_dim: int, cfg: VerticalConfig, config: ConfigRecord) -> tuple[Any, Any]:
+    bottom = new_bottom(in_dim, cfg, int(config["seed"]) + 1 + int(config["joint-party"]))
+    return bottom, new_optimizer(bottom.parameters(), cfg)
+
+
+class _LabelParty(torch.nn.Module):
+    """The label silo's trainable parts, one module so one optimiser state covers them."""
+
+    def __init__(self, in_dim: int, n_blocks: int, cfg: VerticalConfig, seed: int) -> None:
+        super().__init__()
+        self.own = new_bottom(in_dim, cfg, seed + 1)
+        self.top = new_top(n_blocks, cfg, seed)
+
+
+def _received(msg: Message, n_features: int, rows: int, cfg: VerticalConfig) -> list[torch.Tensor]:
+    out = []
+    for k in range(n_features):
+        z = torch.from_numpy(msg.content["embeddings"][f"z-{k}"].numpy().astype(np.float32))
+        if z.shape != (rows, cfg.embed_dim):
+            raise ValueError(f"embeddings of feature silo {k} have shape {tuple(z.shape)}, "
+                             f"expected {(rows, cfg.embed_dim)}")
+        if not torch.isfinite(z).all():
+            raise ValueError(f"embeddings of feature silo {k} hold non-finite values")
+        out.append(z)
+    return out
+
+
+def top_step(msg: Message, context: Context) -> Message:
+    """Label silo: a training round (reply: label-DP gradients) or the test evaluation."""
+    config = msg.content["config"]
+    cfg = vertical_config(config)
+    n_features = int(config["joint-n-features"])
+    data = joint_data(context, config)
+    customers, train, test = _rows(context, config)
+    own_train = _block(data, customers, train, "train")
+    y_train = torch.from_numpy(data.y_train[customers[train]].astype(np.float32))
+
+    def build() -> tuple[Any, Any]:
+        party = _LabelParty(own_train.shape[1], 1 + n_features, cfg, int(config["seed"]))
+        return party, new_optimizer(party.parameters(), cfg)
+
+    party, optimizer = _party(context, config, build)
+    split = str(config["joint-split"])
+    if split == "train":
+        received = _received(msg, n_features, len(train), cfg)
+        loss = train_top(party.top, optimizer, received, y_train, cfg,
+                         _generator(config, 10_000 + int(config["joint-round"])),
+                         party.own, own_train)
+        grads = release_gradients(embedding_gradients(party.top, received, y_train, party.own,
+                                                      own_train),
+                                  cfg.clip_gradient, cfg.noise_gradient, entropy_generator())
+        _save_party(context, config, party, optimizer)
+        content = RecordDict({"gradients": ArrayRecord({f"g-{k}": _floats(g)
+                                                        for k, g in enumerate(grads)}),
+                              "metrics": MetricRecord({"train-loss": loss})})
+        return Message(content=content, reply_to=msg)
+    return Message(content=RecordDict({"metrics": _evaluate(msg, config, cfg, data, customers,
+                                                             train, test, party, n_features)}),
+                   reply_to=msg)
+
+
+def _evaluate(msg: Message, config: ConfigRecord, cfg: VerticalConfig, data: JointData,
+              customers: np.ndarray, train: np.ndarray, test: np.ndarray, party: _LabelParty,
+              n_features: int) -> MetricRecord:
+    """Test AUC of the joint model, and of the label silo's block alone (trained here, free)."""
+    received = _received(msg, n_features, len(test), cfg)
+    own_test = _block(data, customers, test, "test")
+    y_test = data.y_test[customers[test]].astype(np.float64)
+    party.eval()
+    with torch.no_grad():
+        score = torch.sigmoid(party.top(torch.cat([party.own(own_test), *received], dim=1)))
+    # The comparison a label silo can make on its own: the same protocol, its block only.
+    alone = train_vertical([data.x_train[customers[train]]], data.y_train[customers[train]],
+                           VerticalConfig(rounds=cfg.rounds, seed=cfg.seed, label_block=0))
+    alone_score = predict_vertical(alone, [data.x_test[customers[test]]])
+    both = 0 < y_test.sum() < len(y_test)
+    return MetricRecord({
+        "auc": roc_auc(y_test, score.numpy().astype(np.float64)) if both else float("nan"),
+        "label-alone-auc": roc_auc(y_test, alone_score) if both else float("nan"),
+        "test-rows": len(test), "train-rows": len(train),
+        "test-positive-rate": float(y_test.mean()) if len(y_test) else 0.0})
+
+
+def forget(msg: Message, context: Context) -> Message:
+    """Drop the session's state from this node (end of a run, or after a failure)."""
+    config = msg.content["config"]
+    for kind in ("psi", "rows", "party"):
+        key = _state_key(kind, config)
+        if key in context.state:
+            del context.state[key]
+    return Message(content=RecordDict({"status": ConfigRecord({"done": True})}), reply_to=msg)
