@@ -348,6 +348,24 @@ def joint_top(msg: Message, context: Context) -> Message:
     return joint.top_step(msg, context)
 
 
+@app.query("joint_audience_embed")
+def joint_audience_embed(msg: Message, context: Context) -> Message:
+    """Joint model, feature silo: embeddings of a sealed audience, to be scored."""
+    return joint.audience_embed(msg, context)
+
+
+@app.query("joint_score")
+def joint_score(msg: Message, context: Context) -> Message:
+    """Joint model, label silo: scores for released embeddings of people it does not know."""
+    return joint.score(msg, context)
+
+
+@app.query("joint_audience_scores")
+def joint_audience_scores(msg: Message, context: Context) -> Message:
+    """Joint model, feature silo: keep its audience's scores, sealed."""
+    return joint.audience_scores(msg, context)
+
+
 @app.query("joint_forget")
 def joint_forget(msg: Message, context: Context) -> Message:
     """Joint model: drop the session's state on this node."""

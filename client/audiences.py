@@ -115,3 +115,28 @@ def load_audience(silo_dir: Path, name: str, key: bytes) -> dict[str, object]:
 
 def load_summary(silo_dir: Path, name: str) -> dict[str, object]:
     return json.loads((Path(silo_dir) / AUDIENCE_DIR / f"{name}.summary.json").read_text())
+
+
+SCORES_SUFFIX = ".scores.sealed"
+
+
+def _scores_aad(name: str) -> bytes:
+    return f"audience-scores:{name}".encode()
+
+
+def save_audience_scores(silo_dir: Path, name: str, session: str, model: str,
+                         scores: dict[str, float], key: bytes) -> Path:
+    """Seal a model's score per member of audience ``name`` next to it (who has which score is personal data)."""
+    path = Path(silo_dir) / AUDIENCE_DIR / f"{name}{SCORES_SUFFIX}"
+    payload = {"audience": name, "audience_session": session, "model": model,
+               "scores": [[k, float(v)] for k, v in scores.items()]}
+    write_sealed_json(path, payload, key, aad=_scores_aad(name))
+    return path
+
+
+def load_audience_scores(silo_dir: Path, name: str, key: bytes) -> dict[str, object] | None:
+    """The sealed scores of audience ``name``; ``None`` when it was never scored."""
+    path = Path(silo_dir) / AUDIENCE_DIR / f"{name}{SCORES_SUFFIX}"
+    if not path.is_file():
+        return None
+    return read_sealed_json(path, key, aad=_scores_aad(name))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audiences import load_audience, load_summary
+from .audiences import load_audience, load_audience_scores, load_summary
 from .campaigns import Audience, CampaignPlan, opted_out_pseudonyms, plan_campaign
 from .profiles import DAY, Profiles, profile_silo
 from .store import SiloStore
@@ -109,8 +109,8 @@ CROSS_SELL_AUDIENCE = "cross-sell-datapack"
 def cross_sell_campaign(silo_dir: Path, campaign_id: str, key: bytes, *,
                         audience: str = CROSS_SELL_AUDIENCE, as_of: str = "",
                         treated_share: float = 0.5, window_days: int = 3,
-                        coupon_cost: float = 10.0, margin_per_conversion: float = 25.0
-                        ) -> tuple[CampaignPlan, Audience]:
+                        coupon_cost: float = 10.0, margin_per_conversion: float = 25.0,
+                        use_scores: bool = True) -> tuple[CampaignPlan, Audience]:
     """Case 1: flyers abroad who buy no data pack from us get their destination's pack coupon.
 
     The candidates are the PSI audience sealed in this (flights) silo by
@@ -120,12 +120,33 @@ def cross_sell_campaign(silo_dir: Path, campaign_id: str, key: bytes, *,
     ``window_days`` (3 by default, as the product's case says). Money is in
     the data-pack line's currency per redemption and per conversion.
 
-    Until the joint (vertical) model exists, candidates carry no score: the
-    audience is every matched flyer, split A/B.
+    When ``fedprofile joint --set joint-audience=<audience>`` has scored the
+    audience with the joint model (scores sealed next to it), candidates are
+    ranked by that score, highest first, and carry it: the plan then supports
+    targeting by score and the simulation reports Qini and uplift against
+    random targeting. ``use_scores=False`` ignores them.
     """
     silo_dir = Path(silo_dir)
     payload = load_audience(silo_dir, audience, key)
     rows = [(str(k), str(d)) for k, d in payload["rows"]]  # type: ignore[union-attr]
+    scores: list[float] | None = None
+    ranked_by: list[str] = []
+    scored = load_audience_scores(silo_dir, audience, key) if use_scores else None
+    if scored is not None:
+        if scored.get("audience_session") != payload.get("session"):
+            raise ValueError(f"the scores of audience {audience!r} were made for PSI session "
+                             f"{str(scored.get('audience_session'))[:8]}, but the audience is now "
+                             f"from session {str(payload.get('session'))[:8]}: score it again "
+                             f"(fedprofile joint --set joint-audience={audience})")
+        by_key = {str(k): float(v) for k, v in scored["scores"]}
+        missing = sum(1 for k, _ in rows if k not in by_key)
+        if missing:
+            raise ValueError(f"{missing} member(s) of audience {audience!r} have no joint-model "
+                             "score: score the audience again")
+        rows.sort(key=lambda r: (-by_key[r[0]], r[0]))
+        scores = [by_key[k] for k, _ in rows]
+        ranked_by = [f"ranked by {scored.get('model', 'the joint model')} (score: predicted "
+                     "chance of a data-pack order; highest first)"]
     with SiloStore.open(silo_dir) as store:
         name = store.name
         opted_out = opted_out_pseudonyms(store)
@@ -135,11 +156,12 @@ def cross_sell_campaign(silo_dir: Path, campaign_id: str, key: bytes, *,
     return plan_campaign(
         campaign_id=campaign_id, case="cross-sell-datapack", silo=name,
         candidates=[k for k, _ in rows], opted_out=opted_out,
-        offers=[f"data pack coupon: {d or 'any destination'}" for _, d in rows],
+        offers=[f"data pack coupon: {d or 'any destination'}" for _, d in rows], scores=scores,
         treated_share=treated_share, window_days=window_days, created=created,
         coupon_cost=coupon_cost, margin_per_conversion=margin_per_conversion,
         notes=[f"candidates: the sealed PSI audience {audience!r} "
                f"(session {payload.get('session', '?')})",
                f"the PSI audience already left out {psi_opted_out:,} flyers who opted out of "
                "marketing",
-               "conversion: a data-pack order within the window (measure on line 'datapacks')"])
+               "conversion: a data-pack order within the window (measure on line 'datapacks')",
+               *ranked_by])

@@ -49,7 +49,7 @@ from fedprofile.models.split_learning import (VerticalConfig, embedding_gradient
 from fedprofile.privacy.psi import PsiReceiver, PsiSender
 
 from .features import DAY, resolve_as_of, snapshot_all
-from .node import DPPlan, checked_delta, silo_and_stamp
+from .node import DPPlan, checked_delta, resolve_silo_dir, silo_and_stamp
 from .store import SiloStore
 
 GRADIENT_MECHANISM = "label-dp-gradients"
@@ -64,7 +64,7 @@ def vertical_config(config: ConfigRecord | dict[str, Any]) -> VerticalConfig:
                           noise_embedding=float(config["joint-noise-embedding"]),
                           noise_gradient=float(config["joint-noise-gradient"]),
                           delta=float(config["dp-delta"]), seed=int(config["seed"]),
-                          label_block=0)
+                          label_block=0, remote_head=bool(config.get("joint-remote-head", False)))
 
 
 def psi_context(config: ConfigRecord) -> bytes:
@@ -87,6 +87,8 @@ class JointData:
     x_test: np.ndarray
     y_test: np.ndarray
     eligible_test: np.ndarray
+    customer_ids: np.ndarray  # pseudonymous customer keys, in the order of the rows above
+    x_now: np.ndarray  # every customer at the end of the data: what scoring uses
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,8 +113,9 @@ def _cached(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days: int
     t_train, t_test = end - 2 * horizon, end - horizon
     x_tr, y_tr = snapshot_all(customers, orders, t_train, horizon_days)
     x_te, y_te = snapshot_all(customers, orders, t_test, horizon_days)
+    x_now, _ = snapshot_all(customers, orders, end, horizon_days)
     return JointData(name, index, x_tr, y_tr, customers.signup_date < t_train,
-                     x_te, y_te, customers.signup_date < t_test)
+                     x_te, y_te, customers.signup_date < t_test, customers.customer_ids, x_now)
 
 
 def joint_data(context: Context, config: ConfigRecord) -> JointData:
@@ -254,7 +257,8 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
 
     Replace-one neighbours (the rows are fixed by the alignment): the
     accounted noise multiplier is half the configured one. Feature silos
-    release every train row once per round and the test rows once more.
+    release every train row once per round, the test rows once more, and an
+    audience to score once more again (counted for everybody: conservative).
     """
     data = joint_data(context, config)
     customers, _train, _test = _rows(context, config)
@@ -264,7 +268,9 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
     if data.name == str(config["joint-label-silo"]):
         sigma, releases, mechanism = float(config["joint-noise-gradient"]), rounds, GRADIENT_MECHANISM
     else:
-        sigma, releases = float(config["joint-noise-embedding"]), rounds + 1
+        # Every round, the test rows, and an audience to score (counted as one more).
+        releases = rounds + 1 + (1 if str(config.get("joint-audience", "")) else 0)
+        sigma = float(config["joint-noise-embedding"])
         mechanism = EMBEDDING_MECHANISM
         if sigma <= 0:
             raise ValueError(f"silo {data.name} releases its embeddings without noise "
@@ -330,6 +336,8 @@ class _LabelParty(torch.nn.Module):
         super().__init__()
         self.own = new_bottom(in_dim, cfg, seed + 1)
         self.top = new_top(n_blocks, cfg, seed)
+        # For people the label silo does not know: a head on the released embeddings alone.
+        self.remote = new_top(n_blocks - 1, cfg, seed + 2) if cfg.remote_head else None
 
 
 def _received(msg: Message, n_features: int, rows: int, cfg: VerticalConfig) -> list[torch.Tensor]:
@@ -365,9 +373,9 @@ def top_step(msg: Message, context: Context) -> Message:
         received = _received(msg, n_features, len(train), cfg)
         loss = train_top(party.top, optimizer, received, y_train, cfg,
                          _generator(config, 10_000 + int(config["joint-round"])),
-                         party.own, own_train)
+                         party.own, own_train, party.remote)
         grads = release_gradients(embedding_gradients(party.top, received, y_train, party.own,
-                                                      own_train),
+                                                      own_train, party.remote),
                                   cfg.clip_gradient, cfg.noise_gradient, entropy_generator())
         _save_party(context, config, party, optimizer)
         content = RecordDict({"gradients": ArrayRecord({f"g-{k}": _floats(g)
@@ -404,8 +412,97 @@ def _evaluate(msg: Message, config: ConfigRecord, cfg: VerticalConfig, data: Joi
 def forget(msg: Message, context: Context) -> Message:
     """Drop the session's state from this node (end of a run, or after a failure)."""
     config = msg.content["config"]
-    for kind in ("psi", "rows", "party"):
+    for kind in ("psi", "rows", "party", "audience"):
         key = _state_key(kind, config)
         if key in context.state:
             del context.state[key]
     return Message(content=RecordDict({"status": ConfigRecord({"done": True})}), reply_to=msg)
+
+
+# ---------------------------------------------------------------------------
+# scoring a sealed audience (case 1) with the trained joint model
+
+def audience_embed(msg: Message, context: Context) -> Message:
+    """Feature silo: release the embeddings of a sealed audience's customers, in a fresh order.
+
+    The audience (e.g. case 1's flyers who are not data-pack customers) is
+    opened with the silo's identity key; the label silo never learns who is
+    in it, only how many and their released embeddings.
+    """
+    from .app import silo_secret
+    from .audiences import load_audience
+    from fedprofile.privacy.silo_keys import read_identity_key
+
+    config = msg.content["config"]
+    cfg = vertical_config(config)
+    silo_dir = resolve_silo_dir(context)
+    key = read_identity_key(silo_dir, silo_secret(context))
+    if key is None:
+        raise ValueError(f"silo {silo_dir.name} keeps no identity key: it has no sealed audience")
+    payload = load_audience(silo_dir, str(config["joint-audience"]), key)
+    data = joint_data(context, config)
+    position = {str(k): i for i, k in enumerate(data.customer_ids)}
+    keys = [str(row[0]) for row in payload["rows"]]  # type: ignore[index]
+    unknown = sum(1 for k in keys if k not in position)
+    if unknown:
+        raise ValueError(f"{unknown} customer(s) of audience {config['joint-audience']!r} are no "
+                         "longer in the silo: run the PSI again")
+    order = [keys[i] for i in _random_order(len(keys))]
+    x = torch.from_numpy(np.ascontiguousarray(data.x_now[[position[k] for k in order]],
+                                              dtype=np.float32))
+    bottom, optimizer = _party(context, config, lambda: _new_bottom(x.shape[1], cfg, config))
+    released = release_embeddings(local_embeddings(bottom, x, cfg.clip_embedding),
+                                  cfg.clip_embedding, cfg.noise_embedding, entropy_generator())
+    context.state[_state_key("audience", config)] = ConfigRecord(
+        {"keys": order, "session": str(payload.get("session", ""))})
+    return Message(content=RecordDict({"embeddings": ArrayRecord({"z": _floats(released)})}),
+                   reply_to=msg)
+
+
+def score(msg: Message, context: Context) -> Message:
+    """Label silo: score released embeddings of people it does not know, with the remote-only head."""
+    config = msg.content["config"]
+    cfg = vertical_config(config)
+    n_features = int(config["joint-n-features"])
+    if n_features != 1 or not cfg.remote_head:
+        raise ValueError("scoring an audience needs one feature silo and a model trained with "
+                         "the remote-only head (joint-audience set for the run)")
+    data = joint_data(context, config)
+    z = msg.content["embeddings"]["z-0"].numpy()
+    received = _received(msg, 1, len(z), cfg)
+
+    def build() -> tuple[Any, Any]:
+        party = _LabelParty(data.x_train.shape[1], 2, cfg, int(config["seed"]))
+        return party, new_optimizer(party.parameters(), cfg)
+
+    party, _ = _party(context, config, build)
+    party.eval()
+    with torch.no_grad():
+        scores = torch.sigmoid(party.remote(torch.cat(received, dim=1)))
+    return Message(content=RecordDict({"scores": ArrayRecord(
+        {"p": Array(scores.numpy().astype(np.float64))})}), reply_to=msg)
+
+
+def audience_scores(msg: Message, context: Context) -> Message:
+    """Feature silo: keep the scores of its audience, sealed, next to the audience."""
+    from fedprofile.privacy.silo_keys import read_identity_key
+
+    from .app import silo_secret
+    from .audiences import save_audience_scores
+
+    config = msg.content["config"]
+    record = _take(context, _state_key("audience", config))
+    keys = [str(k) for k in record["keys"]]
+    scores = msg.content["scores"]["p"].numpy().astype(np.float64)
+    if scores.shape != (len(keys),) or not np.isfinite(scores).all():
+        raise ValueError(f"expected {len(keys)} finite scores, got shape {scores.shape}")
+    silo_dir = resolve_silo_dir(context)
+    key = read_identity_key(silo_dir, silo_secret(context))
+    if key is None:
+        raise ValueError(f"silo {silo_dir.name} keeps no identity key: it cannot seal scores")
+    save_audience_scores(silo_dir, str(config["joint-audience"]), str(record["session"]),
+                         f"joint model, run {config['joint-run']}",
+                         dict(zip(keys, scores.tolist(), strict=True)), key)
+    del context.state[_state_key("audience", config)]
+    return Message(content=RecordDict({"status": ConfigRecord({"scored": len(keys)})}),
+                   reply_to=msg)

@@ -372,6 +372,9 @@ def cmd_campaign_simulate(args: argparse.Namespace) -> int:
         _progress(f"targeting by score vs random: Qini {t['qini_by_score']:+.4f} vs "
                   f"{t['qini_random']:+.4f}; uplift in the top 30% {t['uplift_at_30pct_by_score']:+.4f}"
                   f" vs {t['uplift_at_30pct_random']:+.4f}")
+        _progress(f"true uplift (simulation only) of the top 30% by score "
+                  f"{t['true_uplift_top_30pct_by_score']:+.4f} vs {t['true_uplift_random']:+.4f} "
+                  "for random targeting")
     _progress(f"report and plots: {out}")
     return 0
 

@@ -83,6 +83,7 @@ class TrainConfig:
     joint_clip: float = 1.0
     joint_noise_gradient: float = 4.0
     joint_noise_embedding: float = 0.0
+    joint_audience: str = ""
     ledger: str = ""
     ledger_key_file: str = ""
     server_dp: bool = False
@@ -169,6 +170,9 @@ class TrainConfig:
         features = self.joint_features
         if not features:
             raise ConfigError("joint-feature-silos names no silo (a comma-separated list)")
+        if self.joint_audience and len(features) != 1:
+            raise ConfigError("joint-audience scores a feature silo's sealed audience: it needs "
+                              "exactly one feature silo (the one holding the audience)")
         if len(set(features)) != len(features) or self.joint_label_silo in features:
             raise ConfigError(f"joint-feature-silos {self.joint_feature_silos!r} must name distinct "
                               f"silos other than the label silo {self.joint_label_silo!r}")

@@ -26,6 +26,7 @@ from fedprofile.privacy.silo_keys import load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 from fedprofile.privacy.leak_guard import Finding, Needles, scan_tree, silo_needles
 from fedprofile.simulations.campaign_run import simulate_campaign
+from fedprofile.simulations.joint_run import run_joint_job
 from fedprofile.simulations.psi_run import run_psi_job
 from fedprofile.simulations.segment_run import run_segment_job
 from fedprofile.simulations.training import TrainingResult, run_training, summary_table
@@ -139,7 +140,9 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
 
     progress(f"[5/7] federated segmentation of the profiles (k-means with DP, epsilon "
              f"{SEGMENT_EPSILON:g} per customer, charged to the privacy-budget ledger)")
-    segments = run_segment_job(_segment_config(cfg, workspace, silos), progress=progress)
+    segment_cfg = _segment_config(cfg, workspace, silos)
+    segments_ledger = segment_cfg.ledger
+    segments = run_segment_job(segment_cfg, progress=progress)
     for line in Path(segments["run_dir"], "segments.txt").read_text().splitlines():
         progress(f"  {line}")
 
@@ -154,15 +157,29 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
              f"of {receiver['audience']:,} ({receiver['opted_out']:,} opted out, left out) "
              f"sealed in {receiver['path']}")
 
-    progress("  case 1 campaign: the audience split A/B by pseudonym, the destination's pack "
-             "coupon to A; played out against the ground truth (simulation only)")
+    progress(f"  joint model across lines (vertical learning on Flower): datapacks labels x "
+             f"flights features on the customers both have, label DP on the gradients; its "
+             f"extra head scores the audience ({JOINT_HORIZON_DAYS}-day label: a flyer's need "
+             f"for packs abroad)")
+    run_joint_job(replace(cfg, job="joint", run_dir="", ledger=segments_ledger,
+                                  joint_audience=cfg.psi_audience,
+                                  joint_horizon_days=JOINT_HORIZON_DAYS),
+                          progress=progress, reference=False)
+    progress("  case 1 campaign: the audience ranked by the joint model's score, split A/B by "
+             "pseudonym, the destination's pack coupon to A; played out against the ground "
+             "truth (simulation only)")
     campaign = _case_1_campaign(workspace, silos_dir / "flights", keyring, secret, platform_dir)
     for line in campaign["text"].splitlines():
         progress(f"    {line}")
     truth = campaign["result"]["ground_truth"]
     progress(f"    true lift (simulation only) {truth['true_lift']:+.4f}: the measured interval "
              f"{'covers' if truth['interval_covers_true_lift'] else 'misses'} it; report and "
-             f"plot in {campaign['out']}")
+             f"plots in {campaign['out']}")
+    targeting = campaign["result"].get("targeting")
+    if targeting:
+        progress(f"    targeting by the joint model (simulation only): the top 30% by score have "
+                 f"a true uplift of {targeting['true_uplift_top_30pct_by_score']:+.4f} per "
+                 f"customer, random targeting {targeting['true_uplift_random']:+.4f}")
 
     findings: list[Finding] | None = None
     guarded = 0
@@ -195,6 +212,11 @@ def _case_1_campaign(workspace: Path, flights: Path, keyring: Path, secret: Secr
 
 SEGMENT_EPSILON = 2.0
 """The demo's segmentation budget per customer and silo (its cap is set to exactly this)."""
+JOINT_EPSILON_CAP = 10.0
+"""The demo's joint-model cap per silo (one default run spends 5.98 in the label silo)."""
+JOINT_HORIZON_DAYS = 180
+"""Case 1's ranking label: a data-pack order within 180 days (see the README's joint model)."""
+
 
 
 def profile_line(silo_dir: Path) -> str:
@@ -216,6 +238,8 @@ def _segment_config(cfg: TrainConfig, workspace: Path, silos: list[Path]) -> Tra
     with Ledger.create(path, key) as ledger:
         for silo in silos:
             ledger.set_cap(silo.name, "segmentation", SEGMENT_EPSILON, 1e-4,
+                           reason="fedprofile demo")
+            ledger.set_cap(silo.name, "joint-model", JOINT_EPSILON_CAP, 1e-4,
                            reason="fedprofile demo")
     return replace(cfg, job="segment", dp=True, dp_target_epsilon=SEGMENT_EPSILON,
                    dp_delta=1e-5, segments=5, segment_iterations=6, run_dir="",

@@ -122,6 +122,7 @@ __all__ = [
     "unpack_party",
     "train_vertical",
     "predict_vertical",
+    "predict_remote_only",
     "PURPOSE",
 ]
 
@@ -174,6 +175,10 @@ class VerticalConfig:
     along its released gradient per round.
     ``noise_embedding`` / ``noise_gradient`` are noise multipliers (std / clip);
     0 disables the noise (clipping still applies).
+    ``remote_head``: the label silo also trains a second head on the released
+    embeddings alone, to score people it does not know (who have no row in
+    its own block); the released gradients are those of both heads' losses,
+    still one release per row.
     """
 
     embed_dim: int = 8
@@ -193,6 +198,7 @@ class VerticalConfig:
     neighbouring: Neighbouring = "replace_one"
     delta: float = 1e-5
     label_block: int | None = None
+    remote_head: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -253,6 +259,7 @@ class VerticalResult:
     privacy: VerticalPrivacy
     config: VerticalConfig
     block_dims: tuple[int, ...] = field(default=())
+    remote_head: TopModel | None = None  # with ``config.remote_head``
 
 
 # ---------------------------------------------------------------------------
@@ -397,27 +404,37 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Te
         yield order[start:start + batch_size]
 
 
+def _loss(top: TopModel, received: Sequence[torch.Tensor], y: torch.Tensor,
+          own: torch.Tensor | None, remote_head: TopModel | None) -> torch.Tensor:
+    """Sum over rows of the joint head's loss (plus the remote-only head's, if any)."""
+    bce = nn.BCEWithLogitsLoss(reduction="sum")
+    parts = ([own] if own is not None else []) + list(received)
+    loss = bce(top(torch.cat(parts, dim=1)), y)
+    if remote_head is not None:
+        loss = loss + bce(remote_head(torch.cat(list(received), dim=1)), y)
+    return loss
+
+
 def train_top(top: TopModel, optimizer: torch.optim.Optimizer, received: Sequence[torch.Tensor],
               y: torch.Tensor, cfg: VerticalConfig, gen: torch.Generator,
-              own_bottom: BottomModel | None = None, own_x: torch.Tensor | None = None) -> float:
+              own_bottom: BottomModel | None = None, own_x: torch.Tensor | None = None,
+              remote_head: TopModel | None = None) -> float:
     """Label silo: ``top_epochs`` over the released embeddings (and its own block); mean loss.
 
-    ``optimizer`` covers the top model and, when the label silo has a block of
-    its own, that block's bottom model.
+    ``optimizer`` covers the top model, the bottom model of the label silo's
+    own block when it has one, and the remote-only head when there is one.
     """
-    bce = nn.BCEWithLogitsLoss(reduction="sum")
     n = len(y)
-    top.train()
-    if own_bottom is not None:
-        own_bottom.train()
+    for module in (top, own_bottom, remote_head):
+        if module is not None:
+            module.train()
     total = 0.0
     for _ in range(cfg.top_epochs):
         total = 0.0
         for idx in _batches(n, cfg.batch_size, gen):
-            parts = ([own_bottom(own_x[idx])] if own_bottom is not None else []) + [
-                z[idx] for z in received]
+            own = own_bottom(own_x[idx]) if own_bottom is not None else None
             optimizer.zero_grad()
-            loss = bce(top(torch.cat(parts, dim=1)), y[idx])
+            loss = _loss(top, [z[idx] for z in received], y[idx], own, remote_head)
             (loss / len(idx)).backward()
             optimizer.step()
             total += float(loss.detach())
@@ -426,17 +443,20 @@ def train_top(top: TopModel, optimizer: torch.optim.Optimizer, received: Sequenc
 
 def embedding_gradients(top: TopModel, received: Sequence[torch.Tensor], y: torch.Tensor,
                         own_bottom: BottomModel | None = None,
-                        own_x: torch.Tensor | None = None) -> list[torch.Tensor]:
+                        own_x: torch.Tensor | None = None,
+                        remote_head: TopModel | None = None) -> list[torch.Tensor]:
     """Label silo: each row's gradient of its *own* loss w.r.t. each released embedding block.
 
     The loss is a sum over rows, so the gradient with respect to row ``i``'s
     input is row ``i``'s own gradient. To be released with :func:`release_gradients`.
     """
     top.eval()
+    if remote_head is not None:
+        remote_head.eval()
     leaves = [z.detach().clone().requires_grad_(True) for z in received]
     with torch.no_grad():
-        own = [own_bottom.eval()(own_x)] if own_bottom is not None else []
-    loss = nn.BCEWithLogitsLoss(reduction="sum")(top(torch.cat([*own, *leaves], dim=1)), y)
+        own = own_bottom.eval()(own_x) if own_bottom is not None else None
+    loss = _loss(top, leaves, y, own, remote_head)
     grads = torch.autograd.grad(loss, leaves)
     return [g.detach() for g in grads]
 
@@ -500,7 +520,10 @@ def train_vertical(feature_blocks: list[np.ndarray], labels: np.ndarray,
     top = new_top(len(blocks), cfg, cfg.seed)
     own = bottoms[cfg.label_block] if cfg.label_block is not None else None
     own_x = blocks[cfg.label_block] if cfg.label_block is not None else None
-    opt_top = new_optimizer([*top.parameters(), *(own.parameters() if own else [])], cfg)
+    remote_head = (new_top(len(remote), cfg, cfg.seed + 2)
+                   if cfg.remote_head and remote and own is not None else None)
+    opt_top = new_optimizer([*top.parameters(), *(own.parameters() if own else []),
+                             *(remote_head.parameters() if remote_head else [])], cfg)
     opt_bottom = {k: new_optimizer(bottoms[k].parameters(), cfg) for k in remote}
     gen = torch.Generator().manual_seed(cfg.seed)
     noisy = cfg.noise_embedding > 0.0 or cfg.noise_gradient > 0.0
@@ -510,15 +533,16 @@ def train_vertical(feature_blocks: list[np.ndarray], labels: np.ndarray,
         received = [release_embeddings(local_embeddings(bottoms[k], blocks[k], cfg.clip_embedding),
                                        cfg.clip_embedding, cfg.noise_embedding, noise_gen)
                     for k in remote]
-        history.append(train_top(top, opt_top, received, yt, cfg, gen, own, own_x))
+        history.append(train_top(top, opt_top, received, yt, cfg, gen, own, own_x, remote_head))
         if not remote:
             continue
-        grads = release_gradients(embedding_gradients(top, received, yt, own, own_x),
+        grads = release_gradients(embedding_gradients(top, received, yt, own, own_x, remote_head),
                                   cfg.clip_gradient, cfg.noise_gradient, noise_gen)
         for k, g in zip(remote, grads, strict=True):
             update_bottom(bottoms[k], opt_bottom[k], blocks[k], g, cfg, gen)
     privacy = vertical_privacy(cfg, has_feature_silo=bool(remote), extra_embedding_releases=1)
-    return VerticalResult(bottoms, top, history, privacy, cfg, tuple(int(b.shape[1]) for b in blocks))
+    return VerticalResult(bottoms, top, history, privacy, cfg, tuple(int(b.shape[1]) for b in blocks),
+                          remote_head)
 
 
 @torch.no_grad()
@@ -547,3 +571,19 @@ def predict_vertical(result: VerticalResult, feature_blocks: list[np.ndarray],
                                              cfg.clip_embedding, sigma))
     result.top.eval()
     return torch.sigmoid(result.top(torch.cat([*own, *remote], dim=1))).numpy().astype(np.float64)
+
+
+@torch.no_grad()
+def predict_remote_only(result: VerticalResult, remote_blocks: list[np.ndarray],
+                        release_noise: bool = True) -> np.ndarray:
+    """Scores from the remote-only head: people the label silo does not know (no own block)."""
+    if result.remote_head is None:
+        raise ValueError("this model has no remote-only head (train it with remote_head=True)")
+    cfg = result.config
+    sigma = cfg.noise_embedding if release_noise else 0.0
+    bottoms = [b for k, b in enumerate(result.bottoms) if k != cfg.label_block]
+    blocks = _check_blocks(remote_blocks)
+    z = [release_embeddings(local_embeddings(b, x, cfg.clip_embedding), cfg.clip_embedding, sigma)
+         for b, x in zip(bottoms, blocks, strict=True)]
+    result.remote_head.eval()
+    return torch.sigmoid(result.remote_head(torch.cat(z, dim=1))).numpy().astype(np.float64)

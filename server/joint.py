@@ -43,7 +43,8 @@ from .psi import PsiJobError, describe_silos
 JOINT_FILE = "joint.json"
 
 
-def joint_config(cfg: TrainConfig, session: str, key_domain: str, key_version: int) -> ConfigRecord:
+def joint_config(cfg: TrainConfig, session: str, key_domain: str, key_version: int,
+                 run_id: str = "") -> ConfigRecord:
     """What every party of a joint run needs; no paths, no secrets."""
     return ConfigRecord({
         "job": "joint", "session": session, "key-domain": key_domain, "key-version": key_version,
@@ -52,7 +53,8 @@ def joint_config(cfg: TrainConfig, session: str, key_domain: str, key_version: i
         "joint-horizon-days": cfg.joint_horizon_days, "joint-rounds": cfg.joint_rounds,
         "joint-clip": cfg.joint_clip, "joint-noise-gradient": cfg.joint_noise_gradient,
         "joint-noise-embedding": cfg.joint_noise_embedding, "as-of": cfg.as_of,
-        "dp-delta": cfg.dp_delta, "seed": cfg.seed,
+        "joint-audience": cfg.joint_audience, "joint-remote-head": bool(cfg.joint_audience),
+        "dp-delta": cfg.dp_delta, "seed": cfg.seed, "joint-run": run_id,
         "joint-split": "train", "joint-round": 0, "joint-party": 0,
     })
 
@@ -129,12 +131,36 @@ def align(grid: Grid, cfg: TrainConfig, config: ConfigRecord, label: int,
     return sizes
 
 
+def score_audience(grid: Grid, cfg: TrainConfig, config: ConfigRecord, label: int,
+                   feature: int) -> int:
+    """Case 1: the feature silo's sealed audience scored by the joint model; scores stay there.
+
+    The feature silo releases its audience's embeddings (a fresh random
+    order), the label silo scores them with its remote-only head (it does not
+    know these people, so it has no block of its own for them; the head was
+    trained on the same released embeddings), the feature silo seals the
+    scores next to the audience. Returns how many were scored.
+    """
+    timeout = cfg.round_timeout
+    (embedded,) = _ask_all(grid, [(feature, "joint_audience_embed", RecordDict(
+        {"config": config}))], timeout)
+    z = embedded.content["embeddings"]["z"]
+    (scored,) = _ask_all(grid, [(label, "joint_score", RecordDict(
+        {"config": config, "embeddings": ArrayRecord({"z-0": z})}))], timeout)
+    (kept,) = _ask_all(grid, [(feature, "joint_audience_scores", RecordDict(
+        {"config": config, "scores": scored.content["scores"]}))], timeout)
+    n = int(kept.content["status"]["scored"])
+    log(INFO, "fedprofile: joint model: audience %s scored (%d customers); the scores are sealed "
+        "in the feature silo", cfg.joint_audience, n)
+    return n
+
+
 def run_joint(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Align, reserve, train, evaluate, settle; returns what ``joint.json`` holds."""
     started = time.perf_counter()
     label, features, (domain, version) = _parties(grid, cfg)
     session = secrets.token_hex(16)
-    config = joint_config(cfg, session, domain, version)
+    config = joint_config(cfg, session, domain, version, run_dir.name)
     everyone = [label, *features]
     log(INFO, "fedprofile: joint model: labels in %s, features from %s; aligning customers (PSI)",
         cfg.joint_label_silo, ", ".join(cfg.joint_features))
@@ -169,6 +195,7 @@ def _train(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str, run_
     sent = {"gradients": 0, "embeddings": 0}
     history: list[dict[str, float]] = []
     gradients: dict[int, Any] = {}
+    scored = 0
     timeout = cfg.round_timeout
     with charged(grid, cfg, config, run_id, run_dir.name, nodes=charged_nodes) as budget:
         try:
@@ -198,6 +225,9 @@ def _train(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str, run_
                 history.append({"round": round_, "train_loss": float(metrics["train-loss"])})
                 log(INFO, "fedprofile: joint model round %d/%d: label-silo train loss %.4f",
                     round_, cfg.joint_rounds, float(metrics["train-loss"]))
+            if cfg.joint_audience:
+                sent["embeddings"] += 1  # charged as one more release (conservative)
+                scored = score_audience(grid, cfg, config, label, features[0])
         finally:
             spends: dict[str, dict[str, float]] = {}
             for silo, reservation in budget.reservations.items():
@@ -224,4 +254,6 @@ def _train(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str, run_
                                 "joint-noise-embedding > 0 to make one (at a utility cost)"}),
         "ledger": budget.spent,
     }
-    return {"rounds": history, "evaluation": evaluation, "privacy": privacy}
+    return {"rounds": history, "evaluation": evaluation, "privacy": privacy,
+            "audience": ({"name": cfg.joint_audience, "scored": scored}
+                         if cfg.joint_audience else None)}

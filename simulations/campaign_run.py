@@ -28,6 +28,13 @@ from .campaign_plots import plot_conversion_by_group, plot_qini
 from .campaign_sim import audience_persons, load_ground_truth, simulate_outcomes
 
 
+def true_uplift_of_top(score: np.ndarray, true_uplift: np.ndarray, share: float) -> float:
+    """Mean true uplift of the ``share`` of customers with the highest scores (ties: stable)."""
+    n = max(1, int(round(share * len(score))))
+    top = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")[:n]
+    return float(np.mean(np.asarray(true_uplift, dtype=np.float64)[top]))
+
+
 def simulate_campaign(platform_dir: Path, keys: SiloKeys, campaign_id: str,
                       out_dir: Path, line: str | None = None, seed: int = 0
                       ) -> dict[str, Any]:
@@ -77,7 +84,11 @@ def simulate_campaign(platform_dir: Path, keys: SiloKeys, campaign_id: str,
             "qini_by_score": qini_coefficient(score, treated, conv),
             "qini_random": qini_coefficient(random_score, treated, conv),
             "uplift_at_30pct_by_score": uplift_at_k(score, treated, conv, 0.3),
-            "uplift_at_30pct_random": uplift_at_k(random_score, treated, conv, 0.3)}
+            "uplift_at_30pct_random": uplift_at_k(random_score, treated, conv, 0.3),
+            # What only the simulation knows: the true (expected) uplift of the customers a
+            # targeting picks. Random targeting of any size expects the audience's mean.
+            "true_uplift_top_30pct_by_score": true_uplift_of_top(score, outcome.true_uplift, 0.3),
+            "true_uplift_random": float(np.mean(outcome.true_uplift))}
         plot_qini(curves, out_dir / "qini.png")
     atomic_write_json(out_dir / "campaign-report.json", result)
     atomic_write_text(out_dir / "campaign-report.txt", report.to_text() + "\n")

@@ -106,7 +106,11 @@ def test_demo_command(tmp_path: Path) -> None:
         assert checked and all(line.endswith("findings=0") for line in checked), silo
         assert all("identifiers=0" not in line for line in checked), "the guard had no needles"
     runs = sorted((workspace / "runs").iterdir())
-    assert len(runs) == 3  # training, segmentation and the PSI
+    assert len(runs) == 4  # training, segmentation, the PSI and the joint model
+    joint = json.loads(next(r for r in runs if (r / "joint.json").exists()).joinpath(
+        "joint.json").read_text())
+    assert joint["audience"]["scored"] > 0 and joint["privacy"]["purpose"] == "joint-model"
+    assert "targeting by the joint model" in proc.stdout
     segments = next(r for r in runs if (r / "segments.json").exists())
     assert json.loads((segments / "segments.json").read_text())["privacy"]["purpose"] == \
         "segmentation"
