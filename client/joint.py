@@ -13,24 +13,31 @@ each feature silo as sender (:meth:`PsiSender.respond_ordered`,
 every feature silo also has, draws their row order from the OS CSPRNG and
 tells each feature silo, through the server, the *position* of row ``r``'s
 customer in that silo's own shuffled list. Only that silo, which kept its
-shuffle, can resolve a position; the server sees positions and sizes. What
-each party learns is what intersection-mode PSI reveals: the label silo which
-of its customers the feature silos have, each feature silo which of its
-customers are aligned (the intersection), and the row count.
+shuffle, can resolve a position; the server sees positions and sizes. The
+rows are the customers every party has, among those the label silo had by
+the training snapshot (so train and test rows are the same and no per-row
+list about the label silo crosses). What each party learns is what
+intersection-mode PSI reveals: the label silo which of its customers the
+feature silos have, each feature silo which of its customers are aligned
+(customers of the label silo by the training snapshot), and the row count.
 
 Opted-out customers (PIPL Art. 24) take no part: they are not in either side's
-PSI elements, so they are in no row, no training and no score.
+PSI elements, so they are in no row and no training; an audience member who
+opted out since the audience was built is left out of scoring.
 
 Per message, what leaves a silo: blinded PSI values; positions; clipped (and,
-when configured, noised) embeddings of rows; clipped and noised gradients
-(label DP); and, from the label silo at the end, test AUCs and counts. No
-customer key, pseudonym, feature row or label.
+when configured, noised) embeddings of rows or of an audience; clipped and
+noised gradients (label DP); from the label silo, aggregates over its labels
+(the mean training loss of each round, the test AUCs and the test positive
+rate) and the scores of an audience it does not know. No customer key,
+pseudonym, feature row or label.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +93,8 @@ class JointData:
     eligible_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    eligible_test: np.ndarray
     customer_ids: np.ndarray  # pseudonymous customer keys, in the order of the rows above
+    opted_out: np.ndarray  # marketing opt-out (PIPL Art. 24) now
     x_now: np.ndarray  # every customer at the end of the data: what scoring uses
 
 
@@ -115,7 +122,8 @@ def _cached(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days: int
     x_te, y_te = snapshot_all(customers, orders, t_test, horizon_days)
     x_now, _ = snapshot_all(customers, orders, end, horizon_days)
     return JointData(name, index, x_tr, y_tr, customers.signup_date < t_train,
-                     x_te, y_te, customers.signup_date < t_test, customers.customer_ids, x_now)
+                     x_te, y_te, customers.customer_ids,
+                     customers.marketing_opt_out.astype(bool), x_now)
 
 
 def joint_data(context: Context, config: ConfigRecord) -> JointData:
@@ -130,7 +138,8 @@ def _state_key(kind: str, config: ConfigRecord) -> str:
 def _take(context: Context, key: str) -> Any:
     if key not in context.state:
         raise ValueError(f"this node holds no {key.split('-')[1]} state for joint session "
-                         f"{key.rsplit('-', 1)[-1][:8]}: was the alignment run on it?")
+                         f"{key.rsplit('-', 1)[-1][:8]}: the step that creates it did not run "
+                         "here (or the node restarted)")
     return context.state[key]
 
 
@@ -143,16 +152,14 @@ def _floats(values: torch.Tensor | np.ndarray) -> Array:
     return Array(np.ascontiguousarray(arr, dtype=np.float32))
 
 
-def _rows(context: Context, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer index per row, train row ids, test row ids) from this node's state."""
-    record = _take(context, _state_key("rows", config))
-    return (np.asarray(record["customers"], dtype=np.int64),
-            np.asarray(record["train"], dtype=np.int64), np.asarray(record["test"], dtype=np.int64))
+def _rows(context: Context, config: ConfigRecord) -> np.ndarray:
+    """The customer index (into this silo's arrays) of each aligned row, from node state."""
+    return np.asarray(_take(context, _state_key("rows", config))["customers"], dtype=np.int64)
 
 
-def _block(data: JointData, customers: np.ndarray, rows: np.ndarray, split: str) -> torch.Tensor:
+def _block(data: JointData, customers: np.ndarray, split: str) -> torch.Tensor:
     x = data.x_train if split == "train" else data.x_test
-    return torch.from_numpy(np.ascontiguousarray(x[customers[rows]], dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(x[customers], dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------
@@ -199,8 +206,7 @@ def align_finish(msg: Message, context: Context) -> Message:
     """Label silo, step 3: keep the customers every feature silo has; draw the row order.
 
     Replies, per feature silo, the position of each row's customer in that
-    silo's shuffled list, and which rows train and test (customers who had
-    signed up with the label silo by each snapshot).
+    silo's shuffled list.
     """
     from .app import from_array
 
@@ -214,16 +220,14 @@ def align_finish(msg: Message, context: Context) -> Message:
                                        for k in range(n_features)])
     common = set(where[0]).intersection(*where[1:]) if where else set()
     data = joint_data(context, config)
-    ordered = sorted(common)  # a canonical order first, then the random permutation
-    phones = [ordered[i] for i in _random_order(len(ordered))]
+    # Only customers the label silo had by the training snapshot: then every row
+    # trains and tests, and no per-row fact about the label silo has to cross.
+    eligible = sorted(p for p in common if data.eligible_train[data.index_of_phone[p]])
+    phones = [eligible[i] for i in _random_order(len(eligible))]
     customers = np.array([data.index_of_phone[p] for p in phones], dtype=np.int64)
-    train = np.flatnonzero(data.eligible_train[customers]) if len(customers) else np.empty(0, int)
-    test = np.flatnonzero(data.eligible_test[customers]) if len(customers) else np.empty(0, int)
-    context.state[_state_key("rows", config)] = ConfigRecord(
-        {"customers": customers.tolist(), "train": train.tolist(), "test": test.tolist()})
+    context.state[_state_key("rows", config)] = ConfigRecord({"customers": customers.tolist()})
     arrays = {f"pos-{k}": _ints(np.array([where[k][p] for p in phones], dtype=np.int64))
               for k in range(n_features)}
-    arrays.update({"train": _ints(train), "test": _ints(test)})
     return Message(content=RecordDict({"alignment": ArrayRecord(arrays)}), reply_to=msg)
 
 
@@ -241,9 +245,7 @@ def align_set(msg: Message, context: Context) -> Message:
         raise ValueError("alignment names one customer for two rows")
     data = joint_data(context, config)
     customers = np.array([data.index_of_phone[order[j]] for j in positions], dtype=np.int64)
-    context.state[_state_key("rows", config)] = ConfigRecord(
-        {"customers": customers.tolist(), "train": alignment["train"].numpy().tolist(),
-         "test": alignment["test"].numpy().tolist()})
+    context.state[_state_key("rows", config)] = ConfigRecord({"customers": customers.tolist()})
     return Message(content=RecordDict({"rows": ConfigRecord({"rows": len(customers)})}),
                    reply_to=msg)
 
@@ -261,8 +263,7 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
     audience to score once more again (counted for everybody: conservative).
     """
     data = joint_data(context, config)
-    customers, _train, _test = _rows(context, config)
-    n = len(customers)
+    n = len(_rows(context, config))
     delta = checked_delta(data.name, n, config)
     rounds = int(config["joint-rounds"])
     if data.name == str(config["joint-label-silo"]):
@@ -282,12 +283,20 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
 # training and evaluation
 
 
-def _party(context: Context, config: ConfigRecord, build: Any) -> tuple[Any, Any]:
-    """Load (or create on first use) this node's models and optimiser for the session."""
+def _party(context: Context, config: ConfigRecord, build: Any, create: bool = False
+           ) -> tuple[Any, Any]:
+    """This node's models and optimiser for the session; new ones only when ``create``.
+
+    Only a session's first round creates them: later steps without them (a
+    node that restarted, a step out of order) fail loudly instead of going on
+    with an untrained model.
+    """
     model, optimizer = build()
     key = _state_key("party", config)
     if key in context.state:
         unpack_party(bytes(context.state[key]["blob"]), model, optimizer)
+    elif not create:
+        _take(context, key)  # raises, naming the missing state
     return model, optimizer
 
 
@@ -304,18 +313,19 @@ def embed(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     cfg = vertical_config(config)
     data = joint_data(context, config)
-    customers, train, test = _rows(context, config)
-    x_train = _block(data, customers, train, "train")
-    bottom, optimizer = _party(context, config, lambda: _new_bottom(x_train.shape[1], cfg, config))
+    customers = _rows(context, config)
+    x_train = _block(data, customers, "train")
+    bottom, optimizer = _party(context, config, lambda: _new_bottom(x_train.shape[1], cfg),
+                               create=int(config["joint-round"]) == 1)
     if "gradient" in msg.content:
         gradient = torch.from_numpy(msg.content["gradient"]["g"].numpy().astype(np.float32))
-        if gradient.shape != (len(train), cfg.embed_dim):
+        if gradient.shape != (len(customers), cfg.embed_dim):
             raise ValueError(f"gradient of shape {tuple(gradient.shape)}, expected "
-                             f"{(len(train), cfg.embed_dim)}")
+                             f"{(len(customers), cfg.embed_dim)}")
         update_bottom(bottom, optimizer, x_train, gradient, cfg,
                       _generator(config, int(config["joint-round"])))
     split = str(config["joint-split"])
-    x = x_train if split == "train" else _block(data, customers, test, "test")
+    x = x_train if split == "train" else _block(data, customers, "test")
     released = release_embeddings(local_embeddings(bottom, x, cfg.clip_embedding),
                                   cfg.clip_embedding, cfg.noise_embedding, entropy_generator())
     _save_party(context, config, bottom, optimizer)
@@ -324,8 +334,10 @@ def embed(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
-def _new_bottom(in_dim: int, cfg: VerticalConfig, config: ConfigRecord) -> tuple[Any, Any]:
-    bottom = new_bottom(in_dim, cfg, int(config["seed"]) + 1 + int(config["joint-party"]))
+def _new_bottom(in_dim: int, cfg: VerticalConfig) -> tuple[Any, Any]:
+    # Initialised from OS entropy, not the run's seed: the server knows the seed, and
+    # with clipped-only embeddings a known initial map would say more about the rows.
+    bottom = new_bottom(in_dim, cfg, secrets.randbits(63))
     return bottom, new_optimizer(bottom.parameters(), cfg)
 
 
@@ -359,18 +371,18 @@ def top_step(msg: Message, context: Context) -> Message:
     cfg = vertical_config(config)
     n_features = int(config["joint-n-features"])
     data = joint_data(context, config)
-    customers, train, test = _rows(context, config)
-    own_train = _block(data, customers, train, "train")
-    y_train = torch.from_numpy(data.y_train[customers[train]].astype(np.float32))
+    customers = _rows(context, config)
+    own_train = _block(data, customers, "train")
+    y_train = torch.from_numpy(data.y_train[customers].astype(np.float32))
 
     def build() -> tuple[Any, Any]:
         party = _LabelParty(own_train.shape[1], 1 + n_features, cfg, int(config["seed"]))
         return party, new_optimizer(party.parameters(), cfg)
 
-    party, optimizer = _party(context, config, build)
+    party, optimizer = _party(context, config, build, create=int(config["joint-round"]) == 1)
     split = str(config["joint-split"])
     if split == "train":
-        received = _received(msg, n_features, len(train), cfg)
+        received = _received(msg, n_features, len(customers), cfg)
         loss = train_top(party.top, optimizer, received, y_train, cfg,
                          _generator(config, 10_000 + int(config["joint-round"])),
                          party.own, own_train, party.remote)
@@ -382,30 +394,29 @@ def top_step(msg: Message, context: Context) -> Message:
                                                         for k, g in enumerate(grads)}),
                               "metrics": MetricRecord({"train-loss": loss})})
         return Message(content=content, reply_to=msg)
-    return Message(content=RecordDict({"metrics": _evaluate(msg, config, cfg, data, customers,
-                                                             train, test, party, n_features)}),
+    return Message(content=RecordDict({"metrics": _evaluate(msg, cfg, data, customers, party,
+                                                             n_features)}),
                    reply_to=msg)
 
 
-def _evaluate(msg: Message, config: ConfigRecord, cfg: VerticalConfig, data: JointData,
-              customers: np.ndarray, train: np.ndarray, test: np.ndarray, party: _LabelParty,
-              n_features: int) -> MetricRecord:
+def _evaluate(msg: Message, cfg: VerticalConfig, data: JointData, customers: np.ndarray,
+              party: _LabelParty, n_features: int) -> MetricRecord:
     """Test AUC of the joint model, and of the label silo's block alone (trained here, free)."""
-    received = _received(msg, n_features, len(test), cfg)
-    own_test = _block(data, customers, test, "test")
-    y_test = data.y_test[customers[test]].astype(np.float64)
+    received = _received(msg, n_features, len(customers), cfg)
+    own_test = _block(data, customers, "test")
+    y_test = data.y_test[customers].astype(np.float64)
     party.eval()
     with torch.no_grad():
         score = torch.sigmoid(party.top(torch.cat([party.own(own_test), *received], dim=1)))
     # The comparison a label silo can make on its own: the same protocol, its block only.
-    alone = train_vertical([data.x_train[customers[train]]], data.y_train[customers[train]],
+    alone = train_vertical([data.x_train[customers]], data.y_train[customers],
                            VerticalConfig(rounds=cfg.rounds, seed=cfg.seed, label_block=0))
-    alone_score = predict_vertical(alone, [data.x_test[customers[test]]])
+    alone_score = predict_vertical(alone, [data.x_test[customers]])
     both = 0 < y_test.sum() < len(y_test)
     return MetricRecord({
         "auc": roc_auc(y_test, score.numpy().astype(np.float64)) if both else float("nan"),
         "label-alone-auc": roc_auc(y_test, alone_score) if both else float("nan"),
-        "test-rows": len(test), "train-rows": len(train),
+        "rows": len(customers),
         "test-positive-rate": float(y_test.mean()) if len(y_test) else 0.0})
 
 
@@ -447,10 +458,12 @@ def audience_embed(msg: Message, context: Context) -> Message:
     if unknown:
         raise ValueError(f"{unknown} customer(s) of audience {config['joint-audience']!r} are no "
                          "longer in the silo: run the PSI again")
+    # Somebody who opted out since the audience was built is not scored (PIPL Art. 24).
+    keys = [k for k in keys if not data.opted_out[position[k]]]
     order = [keys[i] for i in _random_order(len(keys))]
     x = torch.from_numpy(np.ascontiguousarray(data.x_now[[position[k] for k in order]],
                                               dtype=np.float32))
-    bottom, optimizer = _party(context, config, lambda: _new_bottom(x.shape[1], cfg, config))
+    bottom, _ = _party(context, config, lambda: _new_bottom(x.shape[1], cfg))
     released = release_embeddings(local_embeddings(bottom, x, cfg.clip_embedding),
                                   cfg.clip_embedding, cfg.noise_embedding, entropy_generator())
     context.state[_state_key("audience", config)] = ConfigRecord(

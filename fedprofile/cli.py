@@ -273,6 +273,9 @@ def cmd_joint(args: argparse.Namespace) -> int:
     from fedprofile.simulations.joint_run import run_joint_job
 
     args.set = ["job=joint", *(args.set or [])]
+    if args.rounds is not None:  # a joint run's rounds are its releases each way
+        args.set.append(f"joint-rounds={args.rounds}")
+        args.rounds = None
     for option, key in (("label", "joint-label-silo"), ("features", "joint-feature-silos")):
         if getattr(args, option, None):
             args.set.append(f"{key}={getattr(args, option)}")
@@ -536,6 +539,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"any training setting ({keys})")
 
 
+def _add_run_location(p: argparse.ArgumentParser) -> None:
+    """Where a Flower job finds its silos and writes its run directory."""
+    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
+    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo "
+                   "(default: <workspace>/silos)")
+    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+
+
 def _add_key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keyring", help="the key domain's keyring (default: $FEDPROFILE_KEYRING)")
     p.add_argument("--key-file", help="the key file that unlocks it (default: "
@@ -633,10 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="federated training on Flower's Simulation Engine, "
                        "with the centralized oracle and silo-alone baselines")
-    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
-    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo "
-                   "(default: <workspace>/silos)")
-    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_run_location(p)
     p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle "
                    "(and, for the recommender, the most-popular baseline)")
     p.add_argument("--model", choices=("propensity", "recommender"),
@@ -656,18 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="federated customer segmentation (DP k-means over "
                        "profiles) on Flower's Simulation Engine, with a k-suppressed report")
-    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
-    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
-    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_run_location(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("joint", help="cross-line joint (vertical) model on Flower's Simulation "
                        "Engine: PSI-aligned customers, features in some silos, labels in another, "
                        "label-DP gradients; charged to the ledger under joint-model")
-    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
-    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
-    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_run_location(p)
     p.add_argument("--label", help="the silo whose labels are learned (joint-label-silo, "
                    "default datapacks)")
     p.add_argument("--features", help="comma-separated feature silos (joint-feature-silos, "
@@ -680,9 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("regional", help="regional recommendation: per-region top products "
                        "from one DP release per silo on Flower's Simulation Engine; `regional "
                        "serve` writes each customer's regional list inside a silo")
-    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
-    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
-    p.add_argument("--run-dir", help="where results go (default: <workspace>/runs/<run id>)")
+    _add_run_location(p)
     _add_train_options(p)
     p.set_defaults(func=cmd_regional)
     regional_sub = p.add_subparsers(dest="regional_action")
@@ -748,9 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("psi", help="private set intersection between two silos over Flower "
                        "(first marketing case: international flyers without a data pack)")
-    p.add_argument("--workspace", help="workspace (default: $FEDPROFILE_HOME or ~/.fedprofile)")
-    p.add_argument("--silos-dir", help="directory holding one sub-directory per silo")
-    p.add_argument("--run-dir", help="where the server's record goes")
+    _add_run_location(p)
     p.add_argument("--receiver", default="flights", help="silo that learns the result")
     p.add_argument("--sender", default="datapacks", help="silo that learns only the receiver's "
                    "set size")

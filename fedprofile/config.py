@@ -154,8 +154,9 @@ class TrainConfig:
     def _check_joint(self) -> None:
         if self.joint_horizon_days > 366:
             raise ConfigError(f"joint-horizon-days must be at most 366, got {self.joint_horizon_days}")
-        if not (isinstance(self.joint_clip, int | float) and self.joint_clip > 0):
-            raise ConfigError(f"joint-clip must be > 0, got {self.joint_clip!r}")
+        clip = self.joint_clip
+        if isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 < clip < float("inf"):
+            raise ConfigError(f"joint-clip must be a finite number > 0, got {clip!r}")
         for name in ("joint_noise_gradient", "joint_noise_embedding"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 \

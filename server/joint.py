@@ -16,8 +16,9 @@ model over its own columns (:mod:`fedprofile.client.joint`). The server:
    own block alone (what that silo could do without the others), sizes, the
    loss per round and what each silo spent.
 
-Every release is charged when it is *sent*: a run that stops half-way
-settles the releases that happened. The label silo never sees a feature row,
+Every release is counted when its request is *sent*: a run that stops
+half-way settles the releases that happened, and a request that failed is
+charged too (a silo may have released before another one failed). The label silo never sees a feature row,
 a feature silo never sees a label, and nobody sees an identifier.
 """
 
@@ -55,7 +56,7 @@ def joint_config(cfg: TrainConfig, session: str, key_domain: str, key_version: i
         "joint-noise-embedding": cfg.joint_noise_embedding, "as-of": cfg.as_of,
         "joint-audience": cfg.joint_audience, "joint-remote-head": bool(cfg.joint_audience),
         "dp-delta": cfg.dp_delta, "seed": cfg.seed, "joint-run": run_id,
-        "joint-split": "train", "joint-round": 0, "joint-party": 0,
+        "joint-split": "train", "joint-round": 0,
     })
 
 
@@ -120,14 +121,12 @@ def align(grid: Grid, cfg: TrainConfig, config: ConfigRecord, label: int,
         {"config": config, "blinded": ArrayRecord(blinded)}))], timeout)
     alignment = finish.content["alignment"]
     _ask_all(grid, [(node, "joint_align_set", RecordDict({"config": config, "alignment": ArrayRecord(
-        {"pos": alignment[f"pos-{k}"], "train": alignment["train"], "test": alignment["test"]})}))
+        {"pos": alignment[f"pos-{k}"]})}))
         for k, node in enumerate(features)], timeout)
     sizes = {"label_silo_customers": int(a.shape[0]),
              **{f"feature_silo_{k}_customers": int(blinded[f"b-{k}"].shape[0])
                 for k in range(len(features))},
-             "aligned_rows": int(alignment["pos-0"].shape[0]),
-             "train_rows": int(alignment["train"].shape[0]),
-             "test_rows": int(alignment["test"].shape[0])}
+             "aligned_rows": int(alignment["pos-0"].shape[0])}
     return sizes
 
 
@@ -166,11 +165,11 @@ def run_joint(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[
         cfg.joint_label_silo, ", ".join(cfg.joint_features))
     try:
         sizes = align(grid, cfg, config, label, features)
-        log(INFO, "fedprofile: joint model: %d aligned rows (%d train, %d test)",
-            sizes["aligned_rows"], sizes["train_rows"], sizes["test_rows"])
-        if sizes["train_rows"] == 0 or sizes["test_rows"] == 0:
-            raise PsiJobError("no customer is shared by all the joint silos in both snapshots: "
-                              "nothing to train or test on")
+        log(INFO, "fedprofile: joint model: %d aligned rows (customers every joint silo has, "
+            "among the label silo's by the training snapshot)", sizes["aligned_rows"])
+        if sizes["aligned_rows"] == 0:
+            raise PsiJobError("no customer is shared by all the joint silos (by the training "
+                              "snapshot): nothing to train or test on")
         result = _train(grid, cfg, config, run_id, run_dir, label, features)
     finally:
         try:
@@ -180,7 +179,9 @@ def run_joint(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[
             log(INFO, "fedprofile: joint model: a silo could not drop the session: %s", err)
     out = {"label_silo": cfg.joint_label_silo, "feature_silos": list(cfg.joint_features),
            "horizon_days": cfg.joint_horizon_days, "sizes": sizes, **result,
-           "server_learned": "blinded values, row positions, set and row counts, test AUCs",
+           "server_learned": "blinded values, row positions, set and row counts, clipped "
+                             "embeddings, noised gradients, the label silo's mean training loss "
+                             "per round, test AUCs and positive rate, audience scores",
            "seconds": time.perf_counter() - started}
     atomic_write_json(run_dir / JOINT_FILE, out)
     log(INFO, "fedprofile: joint model: test AUC %.3f (label silo alone %.3f); written to %s",
@@ -204,7 +205,7 @@ def _train(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str, run_
                 step = _with(config, joint_split=split, joint_round=round_)
                 requests = []
                 for k, node in enumerate(features):
-                    content = RecordDict({"config": _with(step, joint_party=k)})
+                    content = RecordDict({"config": step})
                     if k in gradients:
                         content["gradient"] = ArrayRecord({"g": gradients[k]})
                     requests.append((node, "joint_embed", content))

@@ -59,8 +59,7 @@ def format_result(result: dict[str, Any]) -> str:
     privacy = result["privacy"]
     emb = privacy["embeddings"]
     eps_emb = emb.get("epsilon")
-    lines = [f"  aligned rows: {result['sizes']['aligned_rows']:,} "
-             f"(train {result['sizes']['train_rows']:,}, test {result['sizes']['test_rows']:,}); "
+    lines = [f"  aligned rows: {result['sizes']['aligned_rows']:,} (train and test snapshots); "
              f"test positives {ev['test_positive_rate']:.1%}",
              f"  {'model':44s} test AUC",
              f"  {'joint, federated (this run)':44s} {ev['auc']:.3f}",

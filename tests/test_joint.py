@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
 
-from fedprofile.client.store import SiloStore
+from fedprofile.client.features import DAY, resolve_as_of
+from fedprofile.client.store import SiloStore, date_to_epoch
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.demo import build_silos
 from fedprofile.privacy.accounting import MechanismStep, epsilon
@@ -17,17 +19,21 @@ from fedprofile.simulations.platform import PlatformConfig, generate_platform
 from .conftest import Domain, open_ledger, workspace_ledger
 
 
-def _expected_rows(silos_dir: Path, names: tuple[str, ...]) -> int:
-    """Opted-in customers with an unambiguous phone pseudonym in every one of ``names``."""
+def _expected_rows(silos_dir: Path, label: str, features: tuple[str, ...]) -> int:
+    """Opted-in customers with an unambiguous phone pseudonym in every silo, among those the
+    label silo had by the training snapshot (30-day horizon: two horizons before its end)."""
     sets = []
-    for name in names:
+    for name in (label, *features):
         with SiloStore.open(silos_dir / name) as store:
-            rows = store.execute("SELECT phone_pn, marketing_opt_out FROM customers "
+            rows = store.execute("SELECT phone_pn, marketing_opt_out, signup_date FROM customers "
                                  "WHERE phone_pn IS NOT NULL").fetchall()
+            end = store.execute("SELECT MAX(order_time) FROM orders").fetchone()[0]
         count: dict[str, int] = {}
-        for phone, _ in rows:
+        for phone, _, _ in rows:
             count[phone] = count.get(phone, 0) + 1
-        sets.append({p for p, opt_out in rows if count[p] == 1 and not opt_out})
+        t_train = resolve_as_of(end, "") - 2 * 30 * DAY
+        sets.append({p for p, opt_out, signup in rows if count[p] == 1 and not opt_out
+                     and (name != label or date_to_epoch(dt.date.fromisoformat(signup)) < t_train)})
     return len(set.intersection(*sets))
 
 
@@ -69,8 +75,7 @@ def test_joint_run_aligns_by_psi_charges_every_release_and_leaks_nothing(
 
     # The rows are exactly the opted-in customers the three silos share (no opted-out one).
     assert result["sizes"]["aligned_rows"] == _expected_rows(
-        silos_dir, ("datapacks", "flights", "hotels"))
-    assert 0 < result["sizes"]["train_rows"] <= result["sizes"]["aligned_rows"]
+        silos_dir, "datapacks", ("flights", "hotels")) > 0
     assert 0.5 < result["evaluation"]["auc"] <= 1.0
     assert 0.5 < result["evaluation"]["label_alone_auc"] <= 1.0
     assert [r["round"] for r in result["rounds"]] == [1, 2]
@@ -94,7 +99,10 @@ def test_joint_run_aligns_by_psi_charges_every_release_and_leaks_nothing(
     # The leak guard inspected every reply (a finding would have failed the run), and the
     # run's result names nobody.
     for silo in ("datapacks", "flights", "hotels"):
-        assert (silos_dir / silo / "leak-guard.log").is_file()
+        lines = [line for line in (silos_dir / silo / "leak-guard.log").read_text().splitlines()
+                 if line.startswith("query.joint_")]
+        assert lines and all(line.endswith("findings=0") for line in lines), silo
+        assert all("identifiers=0" not in line for line in lines), "the guard had no needles"
     text = (Path(result["run_dir"]) / "joint.json").read_text()
     assert not [i for i in _identifiers(silos_dir) if i in text]
 
@@ -137,8 +145,10 @@ def test_flower_joint_run_matches_the_reference_and_charges_only_the_label_silo(
     result = run_joint_job(cfg, progress=lambda _m: None, reference=True)
     ev = result["evaluation"]
     ref = {row["model"]: row["auc"] for row in result["simulation_reference"]["rows"]}
-    # One noisy run: within the spread of the reference protocol's runs (see above).
+    # One noisy run: within the spread of the reference protocol's runs (see above), and
+    # close to the same protocol run in process without noise.
     assert ev["auc"] > ev["label_alone_auc"] - 0.01, (ev, ref)
+    assert abs(ev["auc"] - ref["joint (no noise)"]) < 0.02, (ev, ref)
     assert ev["auc"] > 0.86 and ev["label_alone_auc"] > 0.86, (ev, ref)
     assert ev["auc"] <= ref["pooled oracle"] + 0.01, (ev, ref)
     # Only the label silo is charged: embeddings are clipped, not noised, by default.
@@ -191,3 +201,23 @@ def test_case_1_ranked_by_the_joint_model_targets_more_uplift_than_random(
     t = sim["targeting"]
     assert t["true_uplift_top_30pct_by_score"] > 1.2 * t["true_uplift_random"], t
     assert (tmp_path / "campaign" / "qini.png").is_file()
+
+
+def test_a_run_failing_after_training_settles_what_was_released_and_says_why(
+        silos_dir: Path, domain: Domain, tmp_path: Path) -> None:
+    ledger_path = workspace_ledger(tmp_path, {"datapacks": 50.0}, "joint-model")
+    cfg = TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path), job="joint",
+                      joint_rounds=2, joint_audience="no-such-audience",
+                      key_file=str(domain.keyring.parent / "travel.key"))
+    seen: list[str] = []
+    with pytest.raises(Exception, match="did not finish"):
+        run_joint_job(cfg, progress=seen.append, reference=False)
+    assert any("error:" in line and "no-such-audience" in line for line in seen), seen
+    with open_ledger(ledger_path) as ledger:
+        assert ledger.verify().ok
+        spent = list(ledger.entries(status="spent"))
+        outstanding = ledger.outstanding()
+    # The two rounds of gradients went out before the scoring step failed: they are charged.
+    assert [e.silo for e in spent] == ["datapacks"] and not outstanding
+    assert spent[0].epsilon == pytest.approx(epsilon([MechanismStep(2.0, 1.0, 2)], 1e-5, "rdp"),
+                                             rel=1e-6)
