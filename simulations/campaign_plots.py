@@ -68,7 +68,9 @@ def plot_conversion_by_group(report: CampaignReport, path: Path | str) -> Path:
     return _save(fig, Path(path))
 
 
-def plot_qini(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: Path | str) -> Path:
+def plot_qini(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: Path | str,
+              ylabel: str = "incremental conversions (Qini)",
+              title: str = "Qini curves: incremental conversions by targeting depth") -> Path:
     """Qini curves (fraction targeted, incremental conversions) of several targetings.
 
     Each entry is what :func:`fedprofile.models.uplift.qini_curve` returns.
@@ -103,8 +105,8 @@ def plot_qini(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: Path | st
                 label="random targeting")
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.set_xlabel("fraction of customers targeted (highest score first)")
-    ax.set_ylabel("incremental conversions (Qini)")
-    ax.set_title("Qini curves: incremental conversions by targeting depth")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

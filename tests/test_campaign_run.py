@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedprofile.cli import main
@@ -53,6 +54,7 @@ def test_the_measured_lift_covers_the_true_lift_in_most_seeds(silos_dir: Path,
     assert min(lifts) > 0  # a coupon never lowers a customer's conversion probability
     assert (tmp_path / "0" / "conversion_by_group.png").stat().st_size > 0
     assert (tmp_path / "0" / "qini.png").stat().st_size > 0
+    assert (tmp_path / "0" / "expected_gain.png").stat().st_size > 0
 
 
 def test_cli_repurchase_plan_and_simulation(silos_dir: Path, platform_dir: Path, domain: Domain,
@@ -95,3 +97,14 @@ def test_case_1_from_the_psi_audience_measured_on_data_packs(silos_dir: Path, pl
                                line="datapacks", seed=1)
     assert result["line"] == "datapacks"
     assert result["ground_truth"]["true_lift"] > 0
+
+
+def test_expected_gain_curve_and_top_share_follow_the_ranking() -> None:
+    from fedprofile.simulations.campaign_run import expected_gain_curve, true_uplift_of_top
+
+    uplift = np.array([0.1, 0.4, 0.0, 0.2])
+    x, gain = expected_gain_curve(np.array([3.0, 1.0, 0.0, 2.0]), uplift)
+    assert x.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert np.allclose(gain, [0.0, 0.1, 0.3, 0.7, 0.7])  # order: 0, 3, 1, 2
+    assert true_uplift_of_top(uplift, uplift, 0.5) == pytest.approx(0.3)
+    assert true_uplift_of_top(-uplift, uplift, 0.25) == pytest.approx(0.0)

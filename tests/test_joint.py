@@ -201,6 +201,7 @@ def test_case_1_ranked_by_the_joint_model_targets_more_uplift_than_random(
     t = sim["targeting"]
     assert t["true_uplift_top_30pct_by_score"] > 1.2 * t["true_uplift_random"], t
     assert (tmp_path / "campaign" / "qini.png").is_file()
+    assert (tmp_path / "campaign" / "expected_gain.png").stat().st_size > 0
 
 
 def test_a_run_failing_after_training_settles_what_was_released_and_says_why(
