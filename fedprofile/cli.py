@@ -237,6 +237,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy_run(args: argparse.Namespace) -> int:
+    from fedprofile.simulations.training import run_training, summary_table
+
+    cfg = _train_config(args)
+    result = run_training(cfg, progress=_progress, oracle=not args.no_oracle, deployment=True)
+    _progress(summary_table(result.metrics))
+    _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir} (deployment logs "
+              f"and credentials in {result.run_dir / 'flower' / 'deployment'})")
+    return 0
+
+
+def cmd_deploy_credentials(args: argparse.Namespace) -> int:
+    from fedprofile.privacy.credentials import make_supernode_key, make_tls
+
+    out = Path(args.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty: credentials are never overwritten")
+    if not args.keys_only:
+        tls = make_tls(out, tuple(args.host or ("localhost", "127.0.0.1")))
+        _progress(f"SuperLink: {tls.cert} and {tls.key} (keep on the SuperLink host); CA: "
+                  f"{tls.ca_cert} (give to every SuperNode and flwr CLI host; keep "
+                  f"{tls.ca_key} offline)")
+    elif not args.silo:
+        raise ValueError("--keys-only writes SuperNode keys: name at least one --silo")
+    for name in args.silo:
+        private, public = make_supernode_key(out, name)
+        _progress(f"SuperNode {name}: {private} (stays on that silo's host), {public} (register "
+                  f"it: flwr supernode register {public} <connection>)")
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from fedprofile.client.profiles import ProfileConfig, format_summary, profile_silo
     from fedprofile.client.tags import load_tag_rules
@@ -651,6 +682,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to train (default: propensity; same as --set model=...)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    deploy = sub.add_parser("deploy", help="Flower's Deployment Engine: credentials, and a "
+                            "loopback federation (TLS, SuperNode authentication) to run on")
+    deploy_sub = deploy.add_subparsers(dest="deploy_action", required=True)
+    p = deploy_sub.add_parser("run", help="federated training on a loopback deployment: a TLS "
+                              "SuperLink with SuperNode authentication and one SuperNode process "
+                              "per silo, then `flwr run` of the same app as the simulation")
+    _add_run_location(p)
+    p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
+    p.add_argument("--model", choices=("propensity", "recommender"), help="what to train")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_deploy_run)
+    p = deploy_sub.add_parser("credentials", help="write a CA, the SuperLink's TLS certificate "
+                              "and one SuperNode key pair per silo, for real hosts")
+    p.add_argument("--out", required=True, help="an empty directory")
+    p.add_argument("--host", action="append", help="a host name or IP the SuperLink is reached "
+                   "at (repeatable; default localhost and 127.0.0.1)")
+    p.add_argument("--silo", action="append", default=[], help="a silo name (repeatable)")
+    p.add_argument("--keys-only", action="store_true", help="only SuperNode key pairs (a silo "
+                   "making its own on its own host)")
+    p.set_defaults(func=cmd_deploy_credentials)
 
     p = sub.add_parser("profile", help="profile a silo's customers locally: RFM, intervals, "
                        "next purchase, churn risk, CLV and tags")

@@ -73,13 +73,13 @@ clientapp = "fedprofile.client.app:app"
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _flower_executable(name: str) -> str:
+def flower_executable(name: str) -> str:
     """Flower's console scripts, preferring the ones next to this interpreter."""
     local = Path(sys.executable).parent / name
     if local.exists():
@@ -118,7 +118,7 @@ class LocalSuperLink:
 
     def __enter__(self) -> LocalSuperLink:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         home = self.flwr_home
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
@@ -126,9 +126,9 @@ class LocalSuperLink:
             f'[superlink.{CONNECTION_NAME}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         command = [
-            _flower_executable("flower-superlink"), "--insecure", "--simulation",
+            flower_executable("flower-superlink"), "--insecure", "--simulation",
             "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(self.port),
-            "--control-api-address", f"127.0.0.1:{_free_port()}",
+            "--control-api-address", f"127.0.0.1:{free_port()}",
             "--database", str(self.workdir / "superlink.db"),
             "--log-file", str(self.workdir / "superlink.log"),
             "--disable-runtime-dependency-installation",
@@ -153,20 +153,8 @@ class LocalSuperLink:
         return self.workdir / "flwr-home"
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + _STARTUP_TIMEOUT
         assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SimulationError(
-                    f"flower-superlink exited with code {self.process.returncode}; "
-                    f"see {self.workdir / 'superlink.log'}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise SimulationError(f"flower-superlink did not start within {_STARTUP_TIMEOUT:.0f}s")
+        wait_for_port(self.process, self.port, "flower-superlink", self.workdir / "superlink.log")
 
     def stop(self) -> None:
         """Terminate the SuperLink and every process it started (see :mod:`.processes`)."""
@@ -183,29 +171,52 @@ class LocalSuperLink:
             on_line: Callable[[str], None], log_path: Path,
             cpus_per_client: int = 1) -> None:
         """Submit the app and stream its log until the run ends."""
-        overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
         federation = (f"num-supernodes={num_supernodes} "
                       f"client-resources-num-cpus={cpus_per_client}")
-        command = [_flower_executable("flwr"), "run", str(app_dir), CONNECTION_NAME,
-                   "--stream", "--run-config", overrides, "--federation-config", federation]
-        with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                command, env=flower_env(self.flwr_home), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            assert proc.stdout is not None
-            try:
-                for raw in proc.stdout:
-                    log_file.write(raw)
-                    log_file.flush()
-                    on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-                code = proc.wait()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-        if code != 0:
-            raise SimulationError(f"`flwr run` exited with code {code}; see {log_path}")
+        stream_flwr_run(app_dir, CONNECTION_NAME, run_config, self.flwr_home, on_line, log_path,
+                        ["--federation-config", federation])
+
+
+def wait_for_port(process: subprocess.Popen[bytes], port: int, what: str, log: Path,
+                  timeout: float = _STARTUP_TIMEOUT) -> None:
+    """Return once ``port`` accepts connections; fail if ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SimulationError(f"{what} exited with code {process.returncode}; see {log}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SimulationError(f"{what} did not start within {timeout:.0f}s; see {log}")
+
+
+def stream_flwr_run(app_dir: Path, connection: str, run_config: Mapping[str, Any],
+                    flwr_home: Path, on_line: Callable[[str], None], log_path: Path,
+                    extra: list[str] | None = None) -> None:
+    """``flwr run APP CONNECTION --stream``: log every line to ``log_path`` and ``on_line``."""
+    overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
+    command = [flower_executable("flwr"), "run", str(app_dir), connection,
+               "--stream", "--run-config", overrides, *(extra or [])]
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            command, env=flower_env(flwr_home), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                log_file.write(raw)
+                log_file.flush()
+                on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if code != 0:
+        raise SimulationError(f"`flwr run` exited with code {code}; see {log_path}")
 
 
 def run_simulation(cfg: TrainConfig, num_silos: int, workdir: Path,

@@ -25,6 +25,7 @@ from fedprofile.files import atomic_write_json
 from fedprofile.client.serving import load_recommender
 from fedprofile.server.app import METRICS_FILE, MODEL_FILE
 from fedprofile.server.budget import require_ledger
+from fedprofile.server.deployment import run_deployment
 from fedprofile.server.local_superlink import SimulationError, run_simulation
 
 from .oracle import centralized_oracle, load_all
@@ -99,8 +100,13 @@ def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
 
 
 def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
-                 oracle: bool = True) -> TrainingResult:
-    """Train federatedly on every silo under ``cfg.silos_path``; add the oracle."""
+                 oracle: bool = True, deployment: bool = False) -> TrainingResult:
+    """Train federatedly on every silo under ``cfg.silos_path``; add the oracle.
+
+    ``deployment``: run on Flower's Deployment Engine on this machine (a TLS
+    SuperLink with SuperNode authentication and one SuperNode process per
+    silo, :mod:`fedprofile.server.deployment`) instead of the Simulation Engine.
+    """
     silos = list_silos(cfg.silos_path)
     if len(silos) < cfg.min_silos:
         raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
@@ -112,9 +118,14 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
     atomic_write_json(run_dir / "config.json", cfg.to_mapping())
 
     started = time.perf_counter()
-    progress(f"federated training on Flower's Simulation Engine: {len(silos)} silos "
+    engine = "Deployment Engine (loopback)" if deployment else "Simulation Engine"
+    progress(f"federated training on Flower's {engine}: {len(silos)} silos "
              f"({', '.join(s.name for s in silos)}), {cfg.num_server_rounds} rounds")
-    run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
+    if deployment:
+        run_deployment(silos, cfg.to_mapping(), run_dir / "flower", relay_progress(progress),
+                       key_file=cfg.key_file)
+    else:
+        run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
     metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise SimulationError(f"the ServerApp did not finish; see {run_dir / 'flower' / 'flower.log'}")
