@@ -228,7 +228,8 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         "rounds": [
             {"round": r.round, "seconds": r.seconds, "trained": r.trained,
              "train_loss": r.train_loss, "samples_per_second": r.samples_per_second,
-             "failures": r.failures, **r.evaluation}
+             "failures": r.failures, "missing": r.missing, "errors": r.errors,
+             **r.evaluation}
             for r in strategy.history
         ],
         "federated": strategy.history[-1].evaluation,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.common.logger import log
 
@@ -34,6 +34,8 @@ class RoundRecord:
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     evaluation: dict[str, object] = field(default_factory=dict)
     failures: int = 0
+    missing: list[str] = field(default_factory=list)  # trained in an earlier round, not in this one
+    errors: list[str] = field(default_factory=list)  # why replies failed, as Flower reported it
 
 
 class SiloFedAvg(FedAvg):
@@ -57,6 +59,13 @@ class SiloFedAvg(FedAvg):
         ok = [m for m in replies if not m.has_error()]
         record.failures += len(replies) - len(ok)
         record.trained = sorted(str(m.content["silo"]["name"]) for m in ok)
+        self._note_failures(record, replies)
+        seen = {name for earlier in self.history[:-1] for name in earlier.trained}
+        record.missing = sorted(seen - set(record.trained))
+        if record.missing or record.failures:
+            log(WARNING, "fedprofile: round %d: %d silo(s) failed or missing (%s); the round "
+                "goes on with %s", server_round, max(record.failures, len(record.missing)),
+                ", ".join(record.missing) or "not yet named", ", ".join(record.trained) or "none")
         for m in ok:  # each silo's cumulative DP spend, as it reported it
             metrics = m.content["metrics"]
             spent = {k[3:]: float(v) for k, v in metrics.items() if k.startswith("dp-")}  # type: ignore[arg-type]
@@ -70,12 +79,22 @@ class SiloFedAvg(FedAvg):
             record.samples_per_second = float(metrics["samples-per-second"])  # type: ignore[arg-type]
         return arrays, metrics
 
+    @staticmethod
+    def _note_failures(record: RoundRecord, replies: list[Message]) -> None:
+        for reply in replies:
+            if reply.has_error():
+                reason = str(reply.error.reason).strip().splitlines()[-1][:300]
+                if reason not in record.errors:
+                    record.errors.append(reason)
+                    log(WARNING, "fedprofile: round %d: a silo failed: %s", record.round, reason)
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         replies = list(replies)
         record = self.history[-1]
         ok = [m for m in replies if not m.has_error()]
         record.failures += len(replies) - len(ok)
+        self._note_failures(record, replies)
         if ok:
             record.evaluation = self.evaluator.summarise([m.content for m in ok])
         result = super().aggregate_evaluate(server_round, replies)

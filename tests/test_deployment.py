@@ -99,3 +99,51 @@ def test_cli_writes_credentials_once_and_keys_only_for_a_silo(tmp_path: Path) ->
     assert main(["deploy", "credentials", "--keys-only", "--out", str(own), "--silo",
                  "datapacks"]) == 0
     assert sorted(p.name for p in own.iterdir()) == ["datapacks.key", "datapacks.pub"]
+
+
+def test_a_supernode_killed_mid_run_is_recorded_missing_and_charged_only_for_what_it_trained(
+        silos_dir: Path, domain: Domain, tmp_path: Path) -> None:
+    import threading
+
+    from fedprofile.server.local_superlink import app_pyproject
+    from fedprofile.server.processes import terminate_tree
+
+    from .conftest import open_ledger, workspace_ledger
+
+    ledger_path = workspace_ledger(tmp_path, {s: 50.0 for s in ("datapacks", "flights", "hotels")},
+                                   "propensity-training")
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig(silos_dir=str(silos_dir), workspace=str(tmp_path), num_server_rounds=3,
+                      silo_alone=False, round_timeout=120.0, min_silos=2, run_dir=str(run_dir),
+                      dp=True, dp_noise_multiplier=1.0, dp_delta=1e-4)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(app_pyproject())
+    silos = sorted(p for p in silos_dir.iterdir() if (p / "store.sqlite").exists())
+    log = tmp_path / "flower.log"
+    with LocalDeployment(tmp_path / "dep", silos, str(domain.secret.path)) as deployment:
+        def kill_flights_after_round_1() -> None:
+            for _ in range(600):
+                if log.exists() and "round 1:" in log.read_text():
+                    terminate_tree(deployment.supernodes["flights"].process.pid)
+                    return
+                threading.Event().wait(0.5)
+        killer = threading.Thread(target=kill_flights_after_round_1, daemon=True)
+        killer.start()
+        deployment.run(app, cfg.to_mapping(), lambda _line: None, log)
+        killer.join(timeout=5)
+    assert not flower_processes(tmp_path)
+
+    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    assert rounds[0]["trained"] == ["datapacks", "flights", "hotels"]
+    for later in rounds[1:]:
+        assert later["trained"] == ["datapacks", "hotels"], later
+        assert later["missing"] == ["flights"], later
+    assert any("Node Unavailable" in e or "heartbeat" in e for e in rounds[1]["errors"]), rounds[1]
+    with open_ledger(ledger_path) as ledger:
+        spent = {e.silo: e for e in ledger.entries(status="spent")}
+        planned = {e.silo: e for e in ledger.entries(status="reserved")}
+    # Each silo is charged what it spent: flights one round of DP-SGD, the others three.
+    for silo, rounds_trained in (("flights", 1), ("hotels", 3), ("datapacks", 3)):
+        assert spent[silo].params["steps"] * 3 == planned[silo].params["steps"] * rounds_trained
+    assert spent["flights"].epsilon < planned["flights"].epsilon
