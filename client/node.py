@@ -201,6 +201,7 @@ def record_dp_step(context: Context, plan: DPPlan, sample_rate_run: float, steps
         "dp-noise-multiplier": plan.noise_multiplier,
         "dp-sample-rate": sample_rate_run,
         "dp-steps": float(state.total_steps),
+        "dp-round-steps": float(steps),
         "dp-clip-norm": clip_norm,
     }
 

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from fedprofile import __version__
 from fedprofile.client.features import FEATURE_NAMES, N_FEATURES
 from fedprofile.config import TrainConfig
+from fedprofile.privacy.accounting import MechanismStep, epsilon
 from fedprofile.files import atomic_write_bytes, atomic_write_json
 from fedprofile.models.propensity import build_model
 from fedprofile.models.recommender import RecommenderModel
@@ -89,8 +90,35 @@ def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
 PSI_FILE = "psi.json"
 
 
+def spent_by_silo(strategy: SiloFedAvg, delta: float) -> dict[str, dict[str, float]]:
+    """What each silo spent, counted by the server from the rounds it trained in.
+
+    A silo reports the steps it ran in each round it trained; the server adds
+    them up and composes them itself. It does not rest on the silo's own
+    cumulative figure, which lives in the SuperNode's state and starts again
+    from zero if the SuperNode restarts mid-run.
+    """
+    totals: dict[str, dict[str, float]] = {}
+    for record in strategy.history:
+        for silo, reported in record.privacy.items():
+            total = totals.setdefault(silo, {"steps": 0.0})
+            total["steps"] += float(reported.get("round-steps", 0.0))
+            for key in ("noise-multiplier", "sample-rate", "clip-norm"):
+                previous = total.get(key)
+                if previous is not None and previous != float(reported[key]):
+                    raise RuntimeError(f"silo {silo} changed its {key} during the run "
+                                       f"({previous} then {reported[key]})")
+                total[key] = float(reported[key])
+    out: dict[str, dict[str, float]] = {}
+    for silo, total in totals.items():
+        steps = [MechanismStep(total["noise-multiplier"], total["sample-rate"], int(total["steps"]))]
+        out[silo] = {**total, "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"),
+                     "epsilon-prv": epsilon(steps, delta, "prv")}
+    return out
+
+
 def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]:
-    """What the run cost each silo in privacy (cumulative over its rounds)."""
+    """What the run cost each silo in privacy (cumulative over the rounds it trained in)."""
     server = ({"mechanism": "dp-fedavg-server (Flower's server-side fixed clipping)",
                "privacy_unit": "silo (a whole silo's update)",
                "noise_multiplier": cfg.server_dp_noise_multiplier,
@@ -98,12 +126,10 @@ def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]
     if not cfg.dp:
         return {"dp": False, "server_dp": server,
                 "note": "no customer-level DP-SGD in the silos"}
-    last: dict[str, dict[str, float]] = {}
-    for record in strategy.history:
-        last.update(record.privacy)
     return {"dp": True, "server_dp": server, "mechanism": "dp-sgd (Opacus, Poisson sampling)",
             "privacy_unit": "customer (one training example per customer per silo)",
-            "purpose": cfg.effective_purpose, "delta": cfg.dp_delta, "silos": last}
+            "purpose": cfg.effective_purpose, "delta": cfg.dp_delta,
+            "silos": spent_by_silo(strategy, cfg.dp_delta)}
 
 
 @app.main()

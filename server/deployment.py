@@ -160,6 +160,16 @@ class LocalDeployment:
         return SuperNodeProcess(name, Path(silo_dir), self._spawn(command, log), log,
                                 private_key, public_key)
 
+    def restart_supernode(self, name: str) -> SuperNodeProcess:
+        """Start a silo's SuperNode again (same key, same silo) after it stopped or was killed."""
+        old = self.supernodes[name]
+        if old.process.poll() is None:
+            terminate_tree(old.process.pid, timeout=_STOP_TIMEOUT)
+            old.process.wait()
+        self.supernodes[name] = self.start_supernode(name, old.silo_dir, old.private_key,
+                                                     old.public_key)
+        return self.supernodes[name]
+
     def online(self) -> int:
         """How many SuperNodes the SuperLink reports online."""
         out = self._flwr("supernode", "ls", CONNECTION_NAME, "--format", "json")
