@@ -19,9 +19,7 @@ import functools
 from logging import INFO
 from pathlib import Path
 
-import numpy as np
-from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
-                      RecordDict)
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -29,16 +27,15 @@ from fedprofile.models.dp import DPParams, train_local_dp
 from fedprofile.models.metrics import BinaryEvaluation
 from fedprofile.models.propensity import build_model
 from fedprofile.models.training import predict_proba, train_local
-from fedprofile.privacy.keys import Secret
 from fedprofile.privacy.leak_guard import leak_guard_mod
-from fedprofile.privacy.psi import ELEMENT_SIZE, PsiReceiver, PsiSender
+from fedprofile.privacy.psi import PsiReceiver, PsiSender
 from fedprofile.privacy.silo_keys import read_identity_key
 
 from . import joint, recommending, regional, segmenting
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
 from .features import N_FEATURES, SiloData, load_silo_data
-from .node import (dp_round, dp_sgd_plan, plan_reply, resolve_silo_dir, silo_and_stamp,
-                   train_params)
+from .node import (dp_round, dp_sgd_plan, from_array, plan_reply, resolve_silo_dir,
+                   silo_and_stamp, silo_secret, to_array, train_params)
 from .store import SiloStore
 
 # The leak guard inspects every reply before it leaves, when the run asks for it.
@@ -213,29 +210,6 @@ def silo_alone(msg: Message, context: Context) -> Message:
 # ---------------------------------------------------------------------------
 # Private set intersection (see fedprofile.privacy.psi for the protocol)
 # ---------------------------------------------------------------------------
-def to_array(values: list[bytes]) -> Array:
-    """Blinded 32-byte values as one uint8 array: compact on the wire, order kept."""
-    flat = np.frombuffer(b"".join(values), dtype=np.uint8)
-    return Array(flat.reshape(-1, ELEMENT_SIZE).copy())
-
-
-def from_array(array: Array) -> list[bytes]:
-    data = array.numpy()
-    if data.ndim != 2 or data.shape[1] != ELEMENT_SIZE or data.dtype != np.uint8:
-        raise ValueError(f"expected blinded values as uint8[n, {ELEMENT_SIZE}], got "
-                         f"{data.dtype}{list(data.shape)}")
-    return [row.tobytes() for row in data]
-
-
-def silo_secret(context: Context) -> Secret:
-    """The silo's secret: node config ``key-file``, else run config (simulation), else env."""
-    for source in (context.node_config, context.run_config):
-        value = source.get("key-file")
-        if value:
-            return Secret.from_key_file(Path(str(value)).expanduser())
-    return Secret.from_env()
-
-
 def _psi_context(config: ConfigRecord) -> bytes:
     return f"{config['key-domain']}|v{config['key-version']}|{config['session']}".encode()
 

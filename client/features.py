@@ -209,8 +209,19 @@ def load_silo_data(store: SiloStore, horizon_days: int, as_of: str = "") -> Silo
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
     customers = store.customer_arrays()
     orders = store.order_arrays(customers)
-    end = resolve_as_of(int(orders.order_time.max()) if len(orders.order_time) else None, as_of)
-    horizon = horizon_days * DAY
-    train = snapshot(customers, orders, end - 2 * horizon, horizon_days)
-    test = snapshot(customers, orders, end - horizon, horizon_days)
+    end = end_of_data(orders, as_of)
+    t_train, t_test = snapshot_times(end, horizon_days)
+    train = snapshot(customers, orders, t_train, horizon_days)
+    test = snapshot(customers, orders, t_test, horizon_days)
     return SiloData(name=store.name, train=train, test=test)
+
+
+def end_of_data(orders: OrderArrays, as_of: str = "") -> int:
+    """``as_of`` as epoch seconds, or the day after the silo's last order."""
+    return resolve_as_of(int(orders.order_time.max()) if len(orders.order_time) else None, as_of)
+
+
+def snapshot_times(end: int, horizon_days: int) -> tuple[int, int]:
+    """(train, test) snapshot times: two horizons and one horizon before ``end`` (out-of-time)."""
+    horizon = horizon_days * DAY
+    return end - 2 * horizon, end - horizon

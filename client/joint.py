@@ -36,7 +36,6 @@ pseudonym, feature row or label.
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +46,18 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedprofile.models.metrics import roc_auc
-from fedprofile.models.split_learning import (VerticalConfig, embedding_gradients,
-                                              entropy_generator, local_embeddings, new_bottom,
+from fedprofile.models.split_learning import (VerticalConfig, accounted_noise,
+                                              embedding_gradients, entropy_generator, local_embeddings, new_bottom,
                                               new_optimizer, new_top, pack_party, predict_vertical,
                                               release_embeddings, release_gradients,
                                               train_top, train_vertical, unpack_party,
                                               update_bottom)
-from fedprofile.privacy.psi import PsiReceiver, PsiSender
+from fedprofile.privacy.psi import PsiReceiver, PsiSender, random_permutation
 
-from .features import DAY, resolve_as_of, snapshot_all
-from .node import DPPlan, checked_delta, resolve_silo_dir, silo_and_stamp
-from .store import SiloStore
+from .features import N_FEATURES, end_of_data, snapshot_all, snapshot_times
+from .node import (DPPlan, checked_delta, from_array, resolve_silo_dir, silo_and_stamp,
+                   silo_secret, to_array)
+from .store import CustomerArrays, OrderArrays, SiloStore
 
 GRADIENT_MECHANISM = "label-dp-gradients"
 EMBEDDING_MECHANISM = "gaussian-embeddings"
@@ -95,7 +95,15 @@ class JointData:
     y_test: np.ndarray
     customer_ids: np.ndarray  # pseudonymous customer keys, in the order of the rows above
     opted_out: np.ndarray  # marketing opt-out (PIPL Art. 24) now
-    x_now: np.ndarray  # every customer at the end of the data: what scoring uses
+    customers: CustomerArrays
+    orders: OrderArrays
+    end: int  # the end of the data
+    horizon_days: int
+
+    @functools.cached_property
+    def x_now(self) -> np.ndarray:
+        """Every customer's row at the end of the data: what scoring an audience uses."""
+        return snapshot_all(self.customers, self.orders, self.end, self.horizon_days)[0]
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,15 +123,13 @@ def _cached(silo_dir: str, stamp: tuple[tuple[int, int], ...], horizon_days: int
     # A phone shared by two customers of one line cannot say which one is meant: left out.
     index = {phone.encode(): position[key] for key, phone, opt_out in rows
              if seen[phone] == 1 and not opt_out}
-    end = resolve_as_of(int(orders.order_time.max()) if len(orders.order_time) else None, as_of)
-    horizon = horizon_days * DAY
-    t_train, t_test = end - 2 * horizon, end - horizon
+    end = end_of_data(orders, as_of)
+    t_train, t_test = snapshot_times(end, horizon_days)
     x_tr, y_tr = snapshot_all(customers, orders, t_train, horizon_days)
     x_te, y_te = snapshot_all(customers, orders, t_test, horizon_days)
-    x_now, _ = snapshot_all(customers, orders, end, horizon_days)
     return JointData(name, index, x_tr, y_tr, customers.signup_date < t_train,
                      x_te, y_te, customers.customer_ids,
-                     customers.marketing_opt_out.astype(bool), x_now)
+                     customers.marketing_opt_out.astype(bool), customers, orders, end, horizon_days)
 
 
 def joint_data(context: Context, config: ConfigRecord) -> JointData:
@@ -177,16 +183,12 @@ def align_request(msg: Message, context: Context) -> Message:
     receiver = PsiReceiver(_elements(data), psi_context(config))
     blinded = receiver.request()
     context.state[_state_key("psi", config)] = ConfigRecord(receiver.suspend())
-    from .app import to_array
-
     return Message(content=RecordDict({"blinded": ArrayRecord({"a": to_array(blinded)})}),
                    reply_to=msg)
 
 
 def align_respond(msg: Message, context: Context) -> Message:
     """Feature silo, step 2: answer the PSI and keep its shuffle (the key to the positions)."""
-    from .app import from_array, to_array
-
     config = msg.content["config"]
     data = joint_data(context, config)
     sender = PsiSender(_elements(data), psi_context(config))
@@ -197,19 +199,12 @@ def align_respond(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
-def _random_order(n: int) -> np.ndarray:
-    keys = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) if n else np.empty(0, np.uint64)
-    return np.argsort(keys, kind="stable")
-
-
 def align_finish(msg: Message, context: Context) -> Message:
     """Label silo, step 3: keep the customers every feature silo has; draw the row order.
 
     Replies, per feature silo, the position of each row's customer in that
     silo's shuffled list.
     """
-    from .app import from_array
-
     config = msg.content["config"]
     n_features = int(config["joint-n-features"])
     key = _state_key("psi", config)
@@ -223,7 +218,7 @@ def align_finish(msg: Message, context: Context) -> Message:
     # Only customers the label silo had by the training snapshot: then every row
     # trains and tests, and no per-row fact about the label silo has to cross.
     eligible = sorted(p for p in common if data.eligible_train[data.index_of_phone[p]])
-    phones = [eligible[i] for i in _random_order(len(eligible))]
+    phones = [eligible[i] for i in random_permutation(len(eligible))]
     customers = np.array([data.index_of_phone[p] for p in phones], dtype=np.int64)
     context.state[_state_key("rows", config)] = ConfigRecord({"customers": customers.tolist()})
     arrays = {f"pos-{k}": _ints(np.array([where[k][p] for p in phones], dtype=np.int64))
@@ -276,7 +271,7 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
         if sigma <= 0:
             raise ValueError(f"silo {data.name} releases its embeddings without noise "
                              "(joint-noise-embedding = 0): there is no DP spend to plan")
-    return DPPlan(data.name, sigma / 2.0, 1.0, releases, delta, n, 1), mechanism
+    return DPPlan(data.name, accounted_noise(sigma), 1.0, releases, delta, n, 1), mechanism
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +435,6 @@ def audience_embed(msg: Message, context: Context) -> Message:
     opened with the silo's identity key; the label silo never learns who is
     in it, only how many and their released embeddings.
     """
-    from .app import silo_secret
     from .audiences import load_audience
     from fedprofile.privacy.silo_keys import read_identity_key
 
@@ -460,7 +454,7 @@ def audience_embed(msg: Message, context: Context) -> Message:
                          "longer in the silo: run the PSI again")
     # Somebody who opted out since the audience was built is not scored (PIPL Art. 24).
     keys = [k for k in keys if not data.opted_out[position[k]]]
-    order = [keys[i] for i in _random_order(len(keys))]
+    order = [keys[i] for i in random_permutation(len(keys))]
     x = torch.from_numpy(np.ascontiguousarray(data.x_now[[position[k] for k in order]],
                                               dtype=np.float32))
     bottom, _ = _party(context, config, lambda: _new_bottom(x.shape[1], cfg))
@@ -480,12 +474,11 @@ def score(msg: Message, context: Context) -> Message:
     if n_features != 1 or not cfg.remote_head:
         raise ValueError("scoring an audience needs one feature silo and a model trained with "
                          "the remote-only head (joint-audience set for the run)")
-    data = joint_data(context, config)
-    z = msg.content["embeddings"]["z-0"].numpy()
-    received = _received(msg, 1, len(z), cfg)
+    rows = int(msg.content["embeddings"]["z-0"].shape[0])
+    received = _received(msg, 1, rows, cfg)
 
     def build() -> tuple[Any, Any]:
-        party = _LabelParty(data.x_train.shape[1], 2, cfg, int(config["seed"]))
+        party = _LabelParty(N_FEATURES, 2, cfg, int(config["seed"]))
         return party, new_optimizer(party.parameters(), cfg)
 
     party, _ = _party(context, config, build)
@@ -500,7 +493,6 @@ def audience_scores(msg: Message, context: Context) -> Message:
     """Feature silo: keep the scores of its audience, sealed, next to the audience."""
     from fedprofile.privacy.silo_keys import read_identity_key
 
-    from .app import silo_secret
     from .audiences import save_audience_scores
 
     config = msg.content["config"]

@@ -14,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ConfigRecord, Context, Message, RecordDict
 
 from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.models.dp import DPTrainStats, sample_rate, steps_per_epoch
 from fedprofile.models.training import TrainParams
 from fedprofile.privacy.accounting import AccountantState, MechanismStep, epsilon, noise_for_target
+from fedprofile.privacy.keys import Secret
+from fedprofile.privacy.psi import ELEMENT_SIZE
 
 from .interactions import Interactions, load_interactions
 from .silos import list_silos
@@ -212,3 +215,26 @@ def dp_round(plan: DPPlan, config: ConfigRecord, context: Context,
     clip = float(config["dp-clip-norm"])
     stats = run(plan.noise_multiplier, clip)
     return stats, record_dp_step(context, plan, stats.sample_rate, stats.steps, clip)
+
+
+def to_array(values: list[bytes]) -> Array:
+    """Blinded 32-byte values as one uint8 array: compact on the wire, order kept."""
+    flat = np.frombuffer(b"".join(values), dtype=np.uint8)
+    return Array(flat.reshape(-1, ELEMENT_SIZE).copy())
+
+
+def from_array(array: Array) -> list[bytes]:
+    data = array.numpy()
+    if data.ndim != 2 or data.shape[1] != ELEMENT_SIZE or data.dtype != np.uint8:
+        raise ValueError(f"expected blinded values as uint8[n, {ELEMENT_SIZE}], got "
+                         f"{data.dtype}{list(data.shape)}")
+    return [row.tobytes() for row in data]
+
+
+def silo_secret(context: Context) -> Secret:
+    """The silo's secret: node config ``key-file``, else run config (simulation), else env."""
+    for source in (context.node_config, context.run_config):
+        value = source.get("key-file")
+        if value:
+            return Secret.from_key_file(Path(str(value)).expanduser())
+    return Secret.from_env()

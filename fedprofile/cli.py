@@ -230,21 +230,13 @@ def cmd_silo_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from fedprofile.simulations.training import run_training, summary_table
 
-    cfg = _train_config(args)
-    result = run_training(cfg, progress=_progress, oracle=not args.no_oracle)
+    deployment = bool(getattr(args, "deployment", False))
+    result = run_training(_train_config(args), progress=_progress, oracle=not args.no_oracle,
+                          deployment=deployment)
     _progress(summary_table(result.metrics))
-    _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}")
-    return 0
-
-
-def cmd_deploy_run(args: argparse.Namespace) -> int:
-    from fedprofile.simulations.training import run_training, summary_table
-
-    cfg = _train_config(args)
-    result = run_training(cfg, progress=_progress, oracle=not args.no_oracle, deployment=True)
-    _progress(summary_table(result.metrics))
-    _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir} (deployment logs "
-              f"and credentials in {result.run_dir / 'flower' / 'deployment'})")
+    _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}"
+              + (f" (deployment logs and credentials in {result.run_dir / 'flower' / 'deployment'})"
+                 if deployment else ""))
     return 0
 
 
@@ -693,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
     p.add_argument("--model", choices=("propensity", "recommender"), help="what to train")
     _add_train_options(p)
-    p.set_defaults(func=cmd_deploy_run)
+    p.set_defaults(func=cmd_train, deployment=True)
     p = deploy_sub.add_parser("credentials", help="write a CA, the SuperLink's TLS certificate "
                               "and one SuperNode key pair per silo, for real hosts")
     p.add_argument("--out", required=True, help="an empty directory")

@@ -9,6 +9,7 @@ fails before any silo is contacted.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -100,14 +101,19 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{_key(name)} must be a positive integer, got {value!r}")
-        for name in ("learning_rate", "round_timeout"):
+        for name, low in (("learning_rate", "positive"), ("round_timeout", "positive"),
+                          ("joint_clip", "positive"), ("joint_noise_gradient", "non-negative"),
+                          ("joint_noise_embedding", "non-negative")):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigError(f"{_key(name)} must be a positive number, got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not (value > 0 if low == "positive" else value >= 0)
+                    or not math.isfinite(value)):
+                raise ConfigError(f"{_key(name)} must be a {low} number (finite), got {value!r}")
         if self.learning_rate > 10:
             raise ConfigError(f"learning-rate {self.learning_rate} is implausibly large")
-        if self.horizon_days > 366:
-            raise ConfigError(f"horizon-days must be at most 366, got {self.horizon_days}")
+        for name in ("horizon_days", "joint_horizon_days"):
+            if getattr(self, name) > 366:
+                raise ConfigError(f"{_key(name)} must be at most 366, got {getattr(self, name)}")
         if self.as_of:
             try:
                 dt.date.fromisoformat(self.as_of)
@@ -147,21 +153,16 @@ class TrainConfig:
         self._check_joint()
 
     @property
+    def charges_ledger(self) -> bool:
+        """Whether the run spends privacy budget (a joint run's label DP is always on)."""
+        return self.dp or self.server_dp or self.job == "joint"
+
+    @property
     def joint_features(self) -> tuple[str, ...]:
         """The feature silos of a joint (vertical) run, in the order of the top model's input."""
         return tuple(n.strip() for n in self.joint_feature_silos.split(",") if n.strip())
 
     def _check_joint(self) -> None:
-        if self.joint_horizon_days > 366:
-            raise ConfigError(f"joint-horizon-days must be at most 366, got {self.joint_horizon_days}")
-        clip = self.joint_clip
-        if isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 < clip < float("inf"):
-            raise ConfigError(f"joint-clip must be a finite number > 0, got {clip!r}")
-        for name in ("joint_noise_gradient", "joint_noise_embedding"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 \
-                    or value == float("inf"):
-                raise ConfigError(f"{_key(name)} must be a finite number >= 0, got {value!r}")
         if self.job != "joint":
             return
         if self.joint_noise_gradient <= 0:

@@ -140,9 +140,8 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
 
     progress(f"[5/7] federated segmentation of the profiles (k-means with DP, epsilon "
              f"{SEGMENT_EPSILON:g} per customer, charged to the privacy-budget ledger)")
-    segment_cfg = _segment_config(cfg, workspace, silos)
-    segments_ledger = segment_cfg.ledger
-    segments = run_segment_job(segment_cfg, progress=progress)
+    cfg = replace(cfg, ledger=_demo_ledger(workspace, silos))
+    segments = run_segment_job(_segment_config(cfg), progress=progress)
     for line in Path(segments["run_dir"], "segments.txt").read_text().splitlines():
         progress(f"  {line}")
 
@@ -161,10 +160,9 @@ def run_demo(workspace: Path, platform: PlatformConfig, train: TrainConfig,
              f"flights features on the customers both have, label DP on the gradients; its "
              f"extra head scores the audience ({JOINT_HORIZON_DAYS}-day label: a flyer's need "
              f"for packs abroad)")
-    run_joint_job(replace(cfg, job="joint", run_dir="", ledger=segments_ledger,
-                                  joint_audience=cfg.psi_audience,
-                                  joint_horizon_days=JOINT_HORIZON_DAYS),
-                          progress=progress, reference=False)
+    run_joint_job(replace(cfg, job="joint", run_dir="", joint_audience=cfg.psi_audience,
+                          joint_horizon_days=JOINT_HORIZON_DAYS),
+                  progress=progress, reference=False)
     progress("  case 1 campaign: the audience ranked by the joint model's score, split A/B by "
              "pseudonym, the destination's pack coupon to A; played out against the ground "
              "truth (simulation only)")
@@ -228,8 +226,9 @@ def profile_line(silo_dir: Path) -> str:
             + ", ".join(f"{name} {count:,}" for name, count in tags))
 
 
-def _segment_config(cfg: TrainConfig, workspace: Path, silos: list[Path]) -> TrainConfig:
-    """A fresh demo ledger capping segmentation at SEGMENT_EPSILON; DP segmentation under it."""
+def _demo_ledger(workspace: Path, silos: list[Path]) -> str:
+    """A fresh demo ledger: every silo capped at SEGMENT_EPSILON for segmentation and
+    JOINT_EPSILON_CAP for the joint model. Returns its path."""
     ledger_dir = workspace / "ledger"
     shutil.rmtree(ledger_dir, ignore_errors=True)  # the demo's workspace starts over each run
     ledger_dir.mkdir(parents=True)
@@ -241,9 +240,13 @@ def _segment_config(cfg: TrainConfig, workspace: Path, silos: list[Path]) -> Tra
                            reason="fedprofile demo")
             ledger.set_cap(silo.name, "joint-model", JOINT_EPSILON_CAP, 1e-4,
                            reason="fedprofile demo")
+    return str(path)
+
+
+def _segment_config(cfg: TrainConfig) -> TrainConfig:
+    """DP segmentation at the demo's budget (its cap is set to exactly that)."""
     return replace(cfg, job="segment", dp=True, dp_target_epsilon=SEGMENT_EPSILON,
-                   dp_delta=1e-5, segments=5, segment_iterations=6, run_dir="",
-                   ledger=str(path))
+                   dp_delta=1e-5, segments=5, segment_iterations=6, run_dir="")
 
 
 def _check_leaks(workspace: Path, silos: list[Path], key_file: str, cfg: TrainConfig,

@@ -111,6 +111,7 @@ __all__ = [
     "release_gradients",
     "vertical_privacy",
     "direction_epsilon",
+    "accounted_noise",
     "new_bottom",
     "new_top",
     "new_optimizer",
@@ -320,8 +321,13 @@ def release_gradients(gradients: Sequence[torch.Tensor], clip: float, noise_mult
 # accounting
 
 
-def _sensitivity_factor(neighbouring: str) -> float:
-    return 2.0 if neighbouring == "replace_one" else 1.0
+def accounted_noise(sigma: float, neighbouring: str = "replace_one") -> float:
+    """The noise multiplier the accountant sees: ``sigma`` over the sensitivity factor.
+
+    Replace-one neighbours move a clipped row by up to ``2C`` (factor 2);
+    add/remove by ``C`` (factor 1).
+    """
+    return sigma / (2.0 if neighbouring == "replace_one" else 1.0)
 
 
 def direction_epsilon(sigma: float, releases: int, delta: float,
@@ -334,7 +340,7 @@ def direction_epsilon(sigma: float, releases: int, delta: float,
         return 0.0, ()
     if sigma <= 0.0:
         return math.inf, ()
-    history = (MechanismStep(sigma / _sensitivity_factor(neighbouring), 1.0, int(releases)),)
+    history = (MechanismStep(accounted_noise(sigma, neighbouring), 1.0, int(releases)),)
     return epsilon(history, delta, "rdp"), history
 
 

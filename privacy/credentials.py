@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from .sealed import write_private_file
 
 __all__ = ["TlsFiles", "make_tls", "make_supernode_key", "NAME"]
 
@@ -44,14 +45,6 @@ class TlsFiles:
     ca_key: Path
     cert: Path
     key: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -97,9 +90,9 @@ def make_tls(out_dir: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
     files = TlsFiles(out / "ca.crt", out / "ca.key", out / "superlink.crt", out / "superlink.key")
     out.mkdir(parents=True, exist_ok=True)
     files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.ca_key, _pem_key(ca_key))
+    write_private_file(files.ca_key, _pem_key(ca_key))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key, _pem_key(key))
+    write_private_file(files.key, _pem_key(key))
     return files
 
 
@@ -111,7 +104,7 @@ def make_supernode_key(out_dir: Path, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     private = Path(out_dir) / f"{name}.key"
     public = Path(out_dir) / f"{name}.pub"
-    _write_private(private, key.private_bytes(serialization.Encoding.PEM,
+    write_private_file(private, key.private_bytes(serialization.Encoding.PEM,
                                               serialization.PrivateFormat.OpenSSH,
                                               serialization.NoEncryption()))
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,

@@ -112,6 +112,7 @@ __all__ = [
     "PsiSender",
     "hash_to_u",
     "private_intersection",
+    "random_permutation",
 ]
 
 #: Size in bytes of every blinded value on the wire (an X25519 u-coordinate).
@@ -268,7 +269,7 @@ def _low_order_error(what: str, index: int) -> PsiError:
     )
 
 
-def _random_permutation(n: int) -> list[int]:
+def random_permutation(n: int) -> list[int]:
     """A uniformly random permutation of ``range(n)`` from the OS CSPRNG.
 
     Sorting by 64-bit keys from ``os.urandom``: fast for millions of values
@@ -283,7 +284,7 @@ def _random_permutation(n: int) -> list[int]:
 
 
 def _shuffled(values: list[bytes]) -> list[bytes]:
-    return [values[i] for i in _random_permutation(len(values))]
+    return [values[i] for i in random_permutation(len(values))]
 
 
 def _distinct_elements(elements: Iterable[bytes], who: str) -> list[bytes]:
@@ -412,10 +413,7 @@ class PsiReceiver:
         if self._request_len is None:
             raise PsiError("finish() before request(): nothing to match against")
         scalar = self._secret.get()
-        b = _check_blinded(sender_blinded, "sender_blinded")
-        ab = _check_blinded(double_blinded, "double_blinded")
-        if len(ab) != self._request_len:
-            raise PsiError(f"double_blinded has {len(ab)} values but the request had {self._request_len}")
+        b, ab = self._checked_response(sender_blinded, double_blinded)
         (ba_list,) = _run_jobs([(_blind_chunk, (scalar,), b)], self._workers, "sender_blinded")
         self._secret.forget()  # the session is over; nothing else needs k_R
         ba = set(ba_list)
@@ -424,6 +422,16 @@ class PsiReceiver:
             return PsiResult(len(ba.intersection(ab)), None, self._request_len, len(b))
         common = frozenset(x for x, v in zip(self._elements, ab) if v in ba)
         return PsiResult(len(common), common, self._request_len, len(b))
+
+    def _checked_response(self, sender_blinded: Sequence[bytes], double_blinded: Sequence[bytes],
+                          who: str = "") -> tuple[list[bytes], list[bytes]]:
+        """A sender's ``(b, ab)``, checked: 32-byte values, ``ab`` as long as the request."""
+        b = _check_blinded(sender_blinded, f"{who}sender_blinded")
+        ab = _check_blinded(double_blinded, f"{who}double_blinded")
+        if len(ab) != self._request_len:
+            raise PsiError(f"{who}double_blinded has {len(ab)} values but the request had "
+                           f"{self._request_len}")
+        return b, ab
 
     def finish_positions(self, responses: Sequence[tuple[Sequence[bytes], Sequence[bytes]]]
                          ) -> list[dict[bytes, int]]:
@@ -443,14 +451,8 @@ class PsiReceiver:
         if self.cardinality_only:
             raise PsiError("record alignment needs intersection mode, not cardinality mode")
         scalar = self._secret.get()
-        checked = []
-        for k, (b, ab) in enumerate(responses):
-            b = _check_blinded(b, f"sender {k} blinded")
-            ab = _check_blinded(ab, f"sender {k} double_blinded")
-            if len(ab) != self._request_len:
-                raise PsiError(f"sender {k} double_blinded has {len(ab)} values but the request "
-                               f"had {self._request_len}")
-            checked.append((b, ab))
+        checked = [self._checked_response(b, ab, f"sender {k} ")
+                   for k, (b, ab) in enumerate(responses)]
         reblinded = _run_jobs([(_blind_chunk, (scalar,), b) for b, _ in checked], self._workers,
                               "sender_blinded")
         self._secret.forget()
@@ -543,7 +545,7 @@ class PsiSender:
         self._secret.forget()
         # S's elements are already in a random order, so b is too; shuffle
         # anyway, so that b's order never depends on how the list was built.
-        order = _random_permutation(len(b))
+        order = random_permutation(len(b))
         self._order = [self._elements[i] for i in order]
         b = [b[i] for i in order]
         if cardinality_only:

@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from fedprofile import __version__
 from fedprofile.client.features import FEATURE_NAMES, N_FEATURES
 from fedprofile.config import TrainConfig
-from fedprofile.privacy.accounting import MechanismStep, epsilon
+from fedprofile.privacy.accounting import MechanismStep
 from fedprofile.files import atomic_write_bytes, atomic_write_json
 from fedprofile.models.propensity import build_model
 from fedprofile.models.recommender import RecommenderModel
@@ -35,7 +35,7 @@ from fedprofile.simulations.plots import plot_file, plot_metric_by_round
 
 from .evaluation import BINARY, RANKING, Evaluator
 from .recommend import collect_catalog
-from .budget import charged, charged_server_dp
+from .budget import charged, charged_server_dp, mechanism_spent
 from .joint import run_joint
 from .psi import run_psi
 from .regional import run_regional
@@ -91,30 +91,22 @@ PSI_FILE = "psi.json"
 
 
 def spent_by_silo(strategy: SiloFedAvg, delta: float) -> dict[str, dict[str, float]]:
-    """What each silo spent, counted by the server from the rounds it trained in.
+    """What each silo spent, composed by the server over the rounds it trained in.
 
-    A silo reports the steps it ran in each round it trained; the server adds
-    them up and composes them itself. It does not rest on the silo's own
-    cumulative figure, which lives in the SuperNode's state and starts again
-    from zero if the SuperNode restarts mid-run.
+    A silo reports the mechanism it ran in each round it trained (noise,
+    sample rate, that round's steps); the server composes them itself. It does
+    not rest on the silo's own running total, which lives in the SuperNode's
+    state and starts again from zero if the SuperNode restarts mid-run.
     """
-    totals: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[MechanismStep]] = {}
+    clip: dict[str, float] = {}
     for record in strategy.history:
         for silo, reported in record.privacy.items():
-            total = totals.setdefault(silo, {"steps": 0.0})
-            total["steps"] += float(reported.get("round-steps", 0.0))
-            for key in ("noise-multiplier", "sample-rate", "clip-norm"):
-                previous = total.get(key)
-                if previous is not None and previous != float(reported[key]):
-                    raise RuntimeError(f"silo {silo} changed its {key} during the run "
-                                       f"({previous} then {reported[key]})")
-                total[key] = float(reported[key])
-    out: dict[str, dict[str, float]] = {}
-    for silo, total in totals.items():
-        steps = [MechanismStep(total["noise-multiplier"], total["sample-rate"], int(total["steps"]))]
-        out[silo] = {**total, "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"),
-                     "epsilon-prv": epsilon(steps, delta, "prv")}
-    return out
+            rounds.setdefault(silo, []).append(MechanismStep(
+                float(reported["noise-multiplier"]), float(reported["sample-rate"]),
+                int(reported["round-steps"])))
+            clip[silo] = float(reported["clip-norm"])
+    return {silo: mechanism_spent(history, delta, clip[silo]) for silo, history in rounds.items()}
 
 
 def privacy_summary(cfg: TrainConfig, strategy: SiloFedAvg) -> dict[str, object]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import getpass
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from logging import INFO
@@ -50,7 +50,7 @@ def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
 
 def require_ledger(cfg: TrainConfig) -> None:
     """Fail before any Flower process starts when a DP run has no ledger to be charged to."""
-    if not (cfg.dp or cfg.server_dp or cfg.job == "joint"):  # joint: label DP is always on
+    if not cfg.charges_ledger:
         return
     path, key_file = ledger_paths(cfg)
     if not path.is_file():
@@ -73,6 +73,9 @@ def collect_plans(grid: Grid, config: ConfigRecord, timeout: float,
             raise ConfigError(f"a silo refused the DP plan: {reply.error.reason}")
         plan = reply.content["plan"]
         plans[str(plan["name"])] = plan
+    if len(plans) != len(targets):  # a silo left without a reservation must not train
+        raise ConfigError(f"only {len(plans)} of {len(targets)} silos sent a DP plan within "
+                          f"{timeout:.0f}s")
     return plans
 
 
@@ -85,8 +88,6 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
         raise ConfigError(f"DP runs are charged to a privacy-budget ledger, and there is none at "
                           f"{path}: create it with `fedprofile ledger init` and set caps")
     plans = collect_plans(grid, config, cfg.round_timeout, nodes)
-    if nodes is not None and len(plans) != len(nodes):
-        raise ConfigError(f"only {len(plans)} of {len(nodes)} silos sent a DP plan")
     operator = getpass.getuser()
     with Ledger.open(path, ledger_key_from_file(key_file)) as ledger:
         budget = Budget(ledger, run_id)
@@ -122,27 +123,37 @@ def charged(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str,
                                    operator=operator)
 
 
-def gaussian_spent(noise_multiplier: float, delta: float, releases: int,
-                   clip_norm: float) -> dict[str, float]:
-    """What ``releases`` Gaussian releases at sample rate 1 cost, in the form :func:`charged` settles."""
-    steps = [MechanismStep(noise_multiplier, 1.0, releases)]
+def mechanism_spent(history: Sequence[MechanismStep], delta: float,
+                    clip_norm: float) -> dict[str, float]:
+    """What a run of (sub)sampled Gaussian mechanisms cost, in the form :func:`charged` settles.
+
+    ``history`` composes in order; the summary's noise multiplier and sample
+    rate are the last step's (a run uses one mechanism throughout).
+    """
+    if not history:
+        raise ValueError("nothing was spent: no mechanism step")
     with warnings.catch_warnings():  # the PRV accountant's grid warns for a few releases
         warnings.filterwarnings("ignore", message="divide by zero encountered in log",
                                 category=RuntimeWarning)
-        prv = epsilon(steps, delta, "prv")
-    return {"noise-multiplier": noise_multiplier, "sample-rate": 1.0, "steps": float(releases),
-            "delta": delta, "epsilon-rdp": epsilon(steps, delta, "rdp"),
-            "epsilon-prv": prv, "clip-norm": clip_norm}
+        prv = epsilon(history, delta, "prv")
+    return {"noise-multiplier": history[-1].noise_multiplier,
+            "sample-rate": history[-1].sample_rate,
+            "steps": float(sum(step.steps for step in history)), "delta": delta,
+            "epsilon-rdp": epsilon(history, delta, "rdp"), "epsilon-prv": prv,
+            "clip-norm": clip_norm}
+
+
+def gaussian_spent(noise_multiplier: float, delta: float, releases: int,
+                   clip_norm: float) -> dict[str, float]:
+    """``releases`` Gaussian releases over the whole silo (sample rate 1)."""
+    return mechanism_spent([MechanismStep(noise_multiplier, 1.0, releases)], delta, clip_norm)
 
 
 def _settle(ledger: Ledger, reservation: Reservation, spent: dict[str, float],
             operator: str, customers: int) -> None:
-    # Recompute from the reported mechanism (every round runs the same one, so
-    # the whole run is one step count), so the ledger does not rest on the
-    # silo's arithmetic alone; charge the larger of the two.
-    whole_run = MechanismStep(spent["noise-multiplier"], spent["sample-rate"], int(spent["steps"]))
-    recomputed = epsilon([whole_run], spent["delta"], "rdp")
-    by_accountant = {"rdp": max(spent["epsilon-rdp"], recomputed), "prv": spent["epsilon-prv"]}
+    # ``spent`` is composed by the server (mechanism_spent) from what each silo
+    # reported per round or per release, never a silo's own running total.
+    by_accountant = {"rdp": spent["epsilon-rdp"], "prv": spent["epsilon-prv"]}
     ledger.settle(reservation, by_accountant,
                   params={"noise_multiplier": spent["noise-multiplier"],
                           "sample_rate": spent["sample-rate"], "steps": int(spent["steps"]),
@@ -186,7 +197,6 @@ def charged_server_dp(cfg: TrainConfig, run_id: str, model_id: str, n_silos: int
             if progress["rounds"] == 0:
                 ledger.release(reservation, "no round ran", operator=operator)
             else:
-                ran = [MechanismStep(sigma, 1.0, progress["rounds"])]
-                ledger.settle(reservation, {"rdp": epsilon(ran, delta, "rdp"),
-                                            "prv": epsilon(ran, delta, "prv")},
+                ran = gaussian_spent(sigma, delta, progress["rounds"], cfg.server_dp_clip_norm)
+                ledger.settle(reservation, {"rdp": ran["epsilon-rdp"], "prv": ran["epsilon-prv"]},
                               params={**params, "steps": progress["rounds"]}, operator=operator)

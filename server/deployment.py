@@ -31,12 +31,10 @@ from typing import Any
 
 from fedprofile.privacy.credentials import TlsFiles, make_supernode_key, make_tls
 
-from .local_superlink import (SimulationError, flower_env, flower_executable, free_port,
-                              stream_flwr_run, wait_for_port)
-from .processes import terminate_tree
+from .local_superlink import (FlowerProcesses, SimulationError, flower_env, flower_executable,
+                              free_port, stream_flwr_run, wait_for_port)
 
 CONNECTION_NAME = "fedprofile-deployment"
-_STOP_TIMEOUT = 15.0
 _JOIN_TIMEOUT = 90.0
 
 
@@ -57,36 +55,19 @@ class SuperNodeProcess:
 
 
 @dataclass
-class LocalDeployment:
+class LocalDeployment(FlowerProcesses):
     """A SuperLink (TLS, SuperNode authentication) and one SuperNode per silo, on loopback.
 
     ``key_file``: the silos' secret key file, given to every SuperNode as node
     config ``key-file`` (in a real deployment each host has its own).
     """
 
-    workdir: Path
-    silos: list[Path]
+    silos: list[Path] = field(default_factory=list)
     key_file: str = ""
     port: int = 0
     tls: TlsFiles | None = None
     superlink: subprocess.Popen[bytes] | None = None
     supernodes: dict[str, SuperNodeProcess] = field(default_factory=dict)
-
-    # -- lifecycle -----------------------------------------------------------
-    def __enter__(self) -> LocalDeployment:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def flwr_home(self) -> Path:
-        return self.workdir / "flwr-home"
 
     @property
     def credentials(self) -> Path:
@@ -100,13 +81,10 @@ class LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = make_tls(self.credentials)
         self.port = free_port()
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION_NAME}"\n\n'
-            f'[superlink.{CONNECTION_NAME}]\naddress = "127.0.0.1:{self.port}"\n'
-            f'root-certificates = "{self.tls.ca_cert}"\n')
+        self.write_connection(CONNECTION_NAME, self.port,
+                              f'root-certificates = "{self.tls.ca_cert}"')
         log = self.workdir / "superlink.log"
-        self.superlink = self._spawn([
+        self.superlink = self.spawn([
             flower_executable("flower-superlink"),
             "--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.cert),
             "--ssl-keyfile", str(self.tls.key), "--enable-supernode-auth",
@@ -119,13 +97,6 @@ class LocalDeployment:
             self.register(public)
             self.supernodes[silo.name] = self.start_supernode(silo.name, silo, private, public)
         self.wait_online(len(self.silos))
-
-    def _spawn(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as handle:
-            # Its own session and process group, so stop() reaches every descendant.
-            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                command, env=flower_env(self.flwr_home), stdout=handle,
-                stderr=subprocess.STDOUT, start_new_session=True)
 
     def _flwr(self, *args: str, timeout: float = 60.0) -> str:
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -157,15 +128,13 @@ class LocalDeployment:
             "--port", str(free_port())]
         if max_retries is not None:
             command += ["--max-retries", str(max_retries)]
-        return SuperNodeProcess(name, Path(silo_dir), self._spawn(command, log), log,
+        return SuperNodeProcess(name, Path(silo_dir), self.spawn(command, log), log,
                                 private_key, public_key)
 
     def restart_supernode(self, name: str) -> SuperNodeProcess:
         """Start a silo's SuperNode again (same key, same silo) after it stopped or was killed."""
         old = self.supernodes[name]
-        if old.process.poll() is None:
-            terminate_tree(old.process.pid, timeout=_STOP_TIMEOUT)
-            old.process.wait()
+        self.end(old.process)
         self.supernodes[name] = self.start_supernode(name, old.silo_dir, old.private_key,
                                                      old.public_key)
         return self.supernodes[name]
@@ -200,12 +169,10 @@ class LocalDeployment:
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink, each with all it started."""
         for node in self.supernodes.values():
-            terminate_tree(node.process.pid, timeout=_STOP_TIMEOUT)
-            node.process.wait()
+            self.end(node.process)
         self.supernodes.clear()
         if self.superlink is not None:
-            terminate_tree(self.superlink.pid, timeout=_STOP_TIMEOUT)
-            self.superlink.wait()
+            self.end(self.superlink)
             self.superlink = None
 
 

@@ -39,7 +39,7 @@ from fedprofile.config import ConfigError, TrainConfig
 from fedprofile.files import atomic_write_json
 
 from .budget import charged, gaussian_spent
-from .psi import PsiJobError, describe_silos
+from .psi import PsiJobError, ask_all, ask_one, describe_silos
 
 JOINT_FILE = "joint.json"
 
@@ -67,28 +67,6 @@ def _with(config: ConfigRecord, **values: Any) -> ConfigRecord:
     return out
 
 
-def _ask_all(grid: Grid, requests: list[tuple[int, str, RecordDict]], timeout: float
-             ) -> list[Message]:
-    """Send one message per (node, type, content) and return the replies in the same order.
-
-    Any silo's error or silence stops the job with a message naming the step.
-    """
-    nodes = [node for node, _, _ in requests]
-    if len(set(nodes)) != len(nodes):
-        raise ValueError("one message per node per exchange")
-    messages = [Message(content=content, message_type=f"query.{kind}", dst_node_id=node)
-                for node, kind, content in requests]
-    by_node = {reply.metadata.src_node_id: reply
-               for reply in grid.send_and_receive(messages, timeout=timeout)}
-    out = [by_node.get(node) for node in nodes]
-    for (node, kind, _), reply in zip(requests, out, strict=True):
-        if reply is None:
-            raise PsiJobError(f"{kind}: node {node} did not answer within {timeout:.0f}s")
-        if reply.has_error():
-            raise PsiJobError(f"{kind} failed on a silo: {reply.error.reason}")
-    return out  # type: ignore[return-value]
-
-
 def _parties(grid: Grid, cfg: TrainConfig) -> tuple[int, list[int], tuple[str, int]]:
     silos = describe_silos(grid, cfg.round_timeout)
     names = (cfg.joint_label_silo, *cfg.joint_features)
@@ -108,19 +86,18 @@ def align(grid: Grid, cfg: TrainConfig, config: ConfigRecord, label: int,
           features: list[int]) -> dict[str, int]:
     """The alignment PSI; every party ends with the same rows in the same (random) order."""
     timeout = cfg.round_timeout
-    (request,) = _ask_all(grid, [(label, "joint_align_request", RecordDict({"config": config}))],
-                          timeout)
+    request = ask_one(grid, label, "joint_align_request", RecordDict({"config": config}), timeout)
     a = request.content["blinded"]["a"]
-    answers = _ask_all(grid, [(node, "joint_align_respond", RecordDict(
+    answers = ask_all(grid, [(node, "joint_align_respond", RecordDict(
         {"config": config, "blinded": ArrayRecord({"a": a})})) for node in features], timeout)
     blinded: dict[str, Any] = {}
     for k, reply in enumerate(answers):
         blinded[f"b-{k}"] = reply.content["blinded"]["b"]
         blinded[f"ab-{k}"] = reply.content["blinded"]["ab"]
-    (finish,) = _ask_all(grid, [(label, "joint_align_finish", RecordDict(
-        {"config": config, "blinded": ArrayRecord(blinded)}))], timeout)
+    finish = ask_one(grid, label, "joint_align_finish", RecordDict(
+        {"config": config, "blinded": ArrayRecord(blinded)}), timeout)
     alignment = finish.content["alignment"]
-    _ask_all(grid, [(node, "joint_align_set", RecordDict({"config": config, "alignment": ArrayRecord(
+    ask_all(grid, [(node, "joint_align_set", RecordDict({"config": config, "alignment": ArrayRecord(
         {"pos": alignment[f"pos-{k}"]})}))
         for k, node in enumerate(features)], timeout)
     sizes = {"label_silo_customers": int(a.shape[0]),
@@ -141,13 +118,13 @@ def score_audience(grid: Grid, cfg: TrainConfig, config: ConfigRecord, label: in
     scores next to the audience. Returns how many were scored.
     """
     timeout = cfg.round_timeout
-    (embedded,) = _ask_all(grid, [(feature, "joint_audience_embed", RecordDict(
-        {"config": config}))], timeout)
+    embedded = ask_one(grid, feature, "joint_audience_embed", RecordDict(
+        {"config": config}), timeout)
     z = embedded.content["embeddings"]["z"]
-    (scored,) = _ask_all(grid, [(label, "joint_score", RecordDict(
-        {"config": config, "embeddings": ArrayRecord({"z-0": z})}))], timeout)
-    (kept,) = _ask_all(grid, [(feature, "joint_audience_scores", RecordDict(
-        {"config": config, "scores": scored.content["scores"]}))], timeout)
+    scored = ask_one(grid, label, "joint_score", RecordDict(
+        {"config": config, "embeddings": ArrayRecord({"z-0": z})}), timeout)
+    kept = ask_one(grid, feature, "joint_audience_scores", RecordDict(
+        {"config": config, "scores": scored.content["scores"]}), timeout)
     n = int(kept.content["status"]["scored"])
     log(INFO, "fedprofile: joint model: audience %s scored (%d customers); the scores are sealed "
         "in the feature silo", cfg.joint_audience, n)
@@ -173,7 +150,7 @@ def run_joint(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> dict[
         result = _train(grid, cfg, config, run_id, run_dir, label, features)
     finally:
         try:
-            _ask_all(grid, [(n, "joint_forget", RecordDict({"config": config})) for n in everyone],
+            ask_all(grid, [(n, "joint_forget", RecordDict({"config": config})) for n in everyone],
                      cfg.round_timeout)
         except PsiJobError as err:  # the run's own error matters more
             log(INFO, "fedprofile: joint model: a silo could not drop the session: %s", err)
@@ -210,12 +187,12 @@ def _train(grid: Grid, cfg: TrainConfig, config: ConfigRecord, run_id: str, run_
                         content["gradient"] = ArrayRecord({"g": gradients[k]})
                     requests.append((node, "joint_embed", content))
                 sent["embeddings"] += 1
-                replies = _ask_all(grid, requests, timeout)
+                replies = ask_all(grid, requests, timeout)
                 embeddings = {f"z-{k}": r.content["embeddings"]["z"] for k, r in enumerate(replies)}
                 if split == "train":
                     sent["gradients"] += 1
-                (top,) = _ask_all(grid, [(label, "joint_top", RecordDict(
-                    {"config": step, "embeddings": ArrayRecord(embeddings)}))], timeout)
+                top = ask_one(grid, label, "joint_top", RecordDict(
+                    {"config": step, "embeddings": ArrayRecord(embeddings)}), timeout)
                 metrics = top.content["metrics"]
                 if split == "test":
                     evaluation = {"auc": float(metrics["auc"]),

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from fedprofile import __version__
 from fedprofile.config import TrainConfig
@@ -109,37 +109,19 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 @dataclass
-class LocalSuperLink:
-    """A SuperLink in simulation mode that lives exactly as long as a ``with`` block."""
+class FlowerProcesses:
+    """Flower processes that live exactly as long as a ``with`` block, with a private FLWR_HOME.
+
+    A subclass's :meth:`start` brings them up (whatever it started is stopped
+    again if it fails half-way) and :meth:`stop` ends each with everything it
+    started (see :mod:`.processes`).
+    """
 
     workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
 
-    def __enter__(self) -> LocalSuperLink:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        home = self.flwr_home
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION_NAME}"\n\n'
-            f'[superlink.{CONNECTION_NAME}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
-        command = [
-            flower_executable("flower-superlink"), "--insecure", "--simulation",
-            "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(self.port),
-            "--control-api-address", f"127.0.0.1:{free_port()}",
-            "--database", str(self.workdir / "superlink.db"),
-            "--log-file", str(self.workdir / "superlink.log"),
-            "--disable-runtime-dependency-installation",
-        ]
-        # Its own session and process group, so stop() reaches every descendant.
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            command, env=flower_env(home), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+    def __enter__(self) -> Self:
         try:
-            self._wait_ready()
+            self.start()
         except BaseException:
             self.stop()
             raise
@@ -148,24 +130,68 @@ class LocalSuperLink:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def start(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     @property
     def flwr_home(self) -> Path:
         return self.workdir / "flwr-home"
+
+    def write_connection(self, name: str, port: int, security: str) -> None:
+        """The ``flwr`` CLI's connection to our SuperLink (``security``: a TOML line)."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{name}"\n\n'
+            f'[superlink.{name}]\naddress = "127.0.0.1:{port}"\n{security}\n')
+
+    @staticmethod
+    def end(process: subprocess.Popen[bytes]) -> None:
+        """Terminate ``process`` and everything it started (see :mod:`.processes`)."""
+        terminate_tree(process.pid, timeout=_STOP_TIMEOUT)
+        try:
+            process.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
+            pass
+
+    def spawn(self, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+        """Start a Flower process in its own session, so that stopping reaches its descendants."""
+        with open(log, "ab") as handle:
+            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                command, env=flower_env(self.flwr_home), stdout=handle,
+                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class LocalSuperLink(FlowerProcesses):
+    """A SuperLink in simulation mode on a free loopback port."""
+
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.write_connection(CONNECTION_NAME, self.port, "insecure = true")
+        self.process = self.spawn([
+            flower_executable("flower-superlink"), "--insecure", "--simulation",
+            "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(self.workdir / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+        ], self.workdir / "superlink.log")
+        self._wait_ready()
 
     def _wait_ready(self) -> None:
         assert self.process is not None
         wait_for_port(self.process, self.port, "flower-superlink", self.workdir / "superlink.log")
 
     def stop(self) -> None:
-        """Terminate the SuperLink and every process it started (see :mod:`.processes`)."""
-        if self.process is None:
-            return
-        terminate_tree(self.process.pid, timeout=_STOP_TIMEOUT)
-        try:
-            self.process.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent
-            pass
-        self.process = None
+        """Terminate the SuperLink and every process it started."""
+        if self.process is not None:
+            self.end(self.process)
+            self.process = None
 
     def run(self, app_dir: Path, run_config: Mapping[str, Any], num_supernodes: int,
             on_line: Callable[[str], None], log_path: Path,

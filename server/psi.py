@@ -25,16 +25,31 @@ class PsiJobError(RuntimeError):
     """A PSI run could not be carried out (a silo missing, failing or mismatched)."""
 
 
-def _ask(grid: Grid, node_id: int, message_type: str, content: RecordDict,
-         timeout: float) -> Message:
-    replies = list(grid.send_and_receive(
-        [Message(content=content, message_type=message_type, dst_node_id=node_id)],
-        timeout=timeout))
-    if not replies:
-        raise PsiJobError(f"{message_type}: no reply within {timeout:.0f}s")
-    reply = replies[0]
-    if reply.has_error():
-        raise PsiJobError(f"{message_type} failed on the silo: {reply.error.reason}")
+def ask_all(grid: Grid, requests: list[tuple[int, str, RecordDict]], timeout: float
+             ) -> list[Message]:
+    """Send one message per (node, type, content) and return the replies in the same order.
+
+    Any silo's error or silence stops the job with a message naming the step.
+    """
+    nodes = [node for node, _, _ in requests]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("one message per node per exchange")
+    messages = [Message(content=content, message_type=f"query.{kind}", dst_node_id=node)
+                for node, kind, content in requests]
+    by_node = {reply.metadata.src_node_id: reply
+               for reply in grid.send_and_receive(messages, timeout=timeout)}
+    out = [by_node.get(node) for node in nodes]
+    for (node, kind, _), reply in zip(requests, out, strict=True):
+        if reply is None:
+            raise PsiJobError(f"{kind}: node {node} did not answer within {timeout:.0f}s")
+        if reply.has_error():
+            raise PsiJobError(f"{kind} failed on a silo: {reply.error.reason}")
+    return out  # type: ignore[return-value]
+
+
+def ask_one(grid: Grid, node_id: int, kind: str, content: RecordDict, timeout: float) -> Message:
+    """:func:`ask_all` for a single node."""
+    (reply,) = ask_all(grid, [(node_id, kind, content)], timeout)
     return reply
 
 
@@ -74,14 +89,14 @@ def run_psi(grid: Grid, cfg: TrainConfig) -> dict[str, object]:
 
     log(INFO, "fedprofile: PSI session %s: %s (receiver) x %s (sender), %s mode",
         session[:8], cfg.psi_receiver, cfg.psi_sender, cfg.psi_mode)
-    request = _ask(grid, r_node, "query.psi_request", RecordDict(
+    request = ask_one(grid, r_node, "psi_request", RecordDict(
         {"config": ConfigRecord({**base, "selection": cfg.psi_selection})}), cfg.round_timeout)
     a = request.content["blinded"]["a"]
-    response = _ask(grid, s_node, "query.psi_respond", RecordDict(
+    response = ask_one(grid, s_node, "psi_respond", RecordDict(
         {"config": ConfigRecord({**base, "selection": "all"}),
          "blinded": ArrayRecord({"a": a})}), cfg.round_timeout)
     blinded = response.content["blinded"]
-    _ask(grid, r_node, "query.psi_finish", RecordDict(
+    ask_one(grid, r_node, "psi_finish", RecordDict(
         {"config": ConfigRecord({**base, "audience": cfg.psi_audience}),
          "blinded": ArrayRecord({"b": blinded["b"], "ab": blinded["ab"]})}), cfg.round_timeout)
     sizes = {"receiver_size": int(a.shape[0]), "sender_size": int(blinded["b"].shape[0])}

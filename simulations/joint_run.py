@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fedprofile.config import TrainConfig
-from fedprofile.files import atomic_write_json
 from fedprofile.models.split_learning import VerticalConfig
 from fedprofile.server.joint import JOINT_FILE
 
@@ -25,30 +25,32 @@ from .training import run_job
 from .vertical import compare_vertical
 
 
+def joint_reference(_silos: list[Path], cfg: TrainConfig, _result: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """The same protocol in process, rows joined directly, without noise (simulation only)."""
+    out = compare_vertical(cfg.silos_path, cfg.joint_features, cfg.joint_horizon_days,
+                           cfg.as_of, noise_levels=(),
+                           cfg=VerticalConfig(rounds=cfg.joint_rounds, clip_embedding=cfg.joint_clip,
+                                              clip_gradient=cfg.joint_clip),
+                           seeds=(cfg.seed,), say=lambda _m: None)
+    return {"rows": out["rows"], "n_train": out["n_train"], "n_test": out["n_test"],
+            "note": "in-process, rows joined on phone pseudonyms (simulation only), no noise; "
+                    "'feature silo alone' uses the label silo's labels, which no deployment "
+                    "gives it"}
+
+
 def run_joint_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
                   reference: bool = True) -> dict[str, Any]:
     """Run the joint model job over the silos under ``cfg.silos_path``; add the references."""
-    _silos, cfg, run_dir, result = run_job(
+    _, result = run_job(
         cfg, "joint", JOINT_FILE,
         f"joint (vertical) model on Flower's Simulation Engine: labels in {cfg.joint_label_silo}, "
         f"features from {', '.join(cfg.joint_features)}, {cfg.joint_rounds} rounds, label DP "
         f"sigma={cfg.joint_noise_gradient:g}"
-        + (f", embedding DP sigma={cfg.joint_noise_embedding:g}" if cfg.joint_noise_embedding else ""),
-        progress)
-    if reference:
-        progress("  simulation-only references (rows lined up in process, no noise)")
-        out = compare_vertical(cfg.silos_path, cfg.joint_features, cfg.joint_horizon_days,
-                               cfg.as_of, noise_levels=(),
-                               cfg=VerticalConfig(rounds=cfg.joint_rounds, clip_embedding=cfg.joint_clip,
-                                                  clip_gradient=cfg.joint_clip),
-                               seeds=(cfg.seed,), say=lambda _m: None)
-        result["simulation_reference"] = {
-            "rows": out["rows"], "n_train": out["n_train"], "n_test": out["n_test"],
-            "note": "in-process, rows joined on phone pseudonyms (simulation only), no noise; "
-                    "'feature silo alone' uses the label silo's labels, which no deployment "
-                    "gives it"}
-        atomic_write_json(run_dir / JOINT_FILE, result)
-    result["run_dir"] = str(run_dir)
+        + (f", embedding DP sigma={cfg.joint_noise_embedding:g}" if cfg.joint_noise_embedding else "")
+        + ("; then simulation-only references (rows lined up in process, no noise)"
+           if reference else ""),
+        progress, ("simulation_reference", joint_reference) if reference else None)
     progress(format_result(result))
     return result
 

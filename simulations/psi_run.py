@@ -8,6 +8,7 @@ summary (counts only) from there.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fedprofile.client.audiences import load_summary
@@ -26,11 +27,12 @@ def run_psi_job(cfg: TrainConfig, progress: Callable[[str], None] = print) -> di
         if name not in silos:
             raise ConfigError(f"psi-{role} {name!r} is not a silo under {cfg.silos_path} "
                               f"(silos: {', '.join(sorted(silos))})")
-    _, cfg, run_dir, server_view = run_job(
+    cfg, server_view = run_job(
         cfg, "psi", PSI_FILE,
         f"private set intersection on Flower's Simulation Engine: {cfg.psi_receiver} "
         f"(receiver, {cfg.psi_selection}) x {cfg.psi_sender} (sender), {cfg.psi_mode} mode",
         progress)
+    run_dir = Path(server_view.pop("run_dir"))
     receiver_view = load_summary(silos[cfg.psi_receiver], cfg.psi_audience)
     result = {"run_dir": str(run_dir), "server": server_view, "receiver": receiver_view}
     atomic_write_json(run_dir / "psi-summary.json", result)

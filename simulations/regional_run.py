@@ -19,7 +19,6 @@ from fedprofile.client.regional import RegionCounts, region_counts
 from fedprofile.client.silos import list_silos
 from fedprofile.client.store import SiloStore
 from fedprofile.config import TrainConfig
-from fedprofile.files import atomic_write_json
 from fedprofile.server.regional import REGIONAL_FILE
 
 from .training import run_job
@@ -51,22 +50,23 @@ def top_overlap(result: dict[str, Any], reference: RegionCounts) -> float | None
     return sum(shares) / len(shares) if shares else None
 
 
+def regional_reference(silos: list[Path], cfg: TrainConfig, result: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """How much of each shown list the noise-free counting would also list (simulation only)."""
+    exact = noise_free_reference(silos, result["agreed"]["regions"], result["agreed"]["items"],
+                                 cfg.regional_max_items)
+    return {"mean_top_overlap": top_overlap(result, exact),
+            "note": "mean share of each shown region's list that is also in the noise-free "
+                    "top-K (same counting, pooled, no noise; simulation only)"}
+
+
 def run_regional_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
                      reference: bool = True) -> dict[str, Any]:
     """Run a regional recommendation over the silos under ``cfg.silos_path``."""
-    silos, cfg, run_dir, result = run_job(
+    _, result = run_job(
         cfg, "regional", REGIONAL_FILE,
         f"regional recommendation on Flower's Simulation Engine: "
         f"{len(list_silos(cfg.silos_path))} silos, top-{cfg.regional_top_k}, at most "
-        f"{cfg.regional_max_items} items per customer, DP", progress)
-    path = run_dir / REGIONAL_FILE
-    if reference:
-        exact = noise_free_reference(silos, result["agreed"]["regions"], result["agreed"]["items"],
-                                     cfg.regional_max_items)
-        result["noise_free_reference"] = {
-            "mean_top_overlap": top_overlap(result, exact),
-            "note": "mean share of each shown region's list that is also in the noise-free "
-                    "top-K (same counting, pooled, no noise; simulation only)"}
-        atomic_write_json(path, result)
-    result["run_dir"] = str(run_dir)
+        f"{cfg.regional_max_items} items per customer, DP", progress,
+        ("noise_free_reference", regional_reference) if reference else None)
     return result

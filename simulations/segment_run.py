@@ -18,7 +18,6 @@ from fedprofile.client.profiles import profile_silo
 from fedprofile.client.segmenting import CLIP_NORM, segment_vectors
 from fedprofile.client.silos import list_silos
 from fedprofile.config import TrainConfig
-from fedprofile.files import atomic_write_json
 from fedprofile.models.kmeans import assign, federated_kmeans
 from fedprofile.server.segment import SEGMENTS_FILE
 
@@ -41,24 +40,27 @@ def centroid_gap(private: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(reference - private[nearest], axis=1).mean())
 
 
+def segment_reference(silos: list[Path], cfg: TrainConfig, result: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """How far the private centroids lie from the noise-free ones (simulation only).
+
+    Only the gap is kept: the noise-free centroids and sizes are exact
+    statistics of pooled customers, which no report may carry.
+    """
+    private = np.array([c for c in result["centroids"] if c is not None])
+    ref = noise_free_reference(silos, cfg)["centroids"]
+    return {"mean_centroid_gap": centroid_gap(private, ref) if len(private) else None,
+            "note": "mean distance from each noise-free centroid (same protocol, pooled, no "
+                    "noise; simulation only) to the nearest shown private centroid"}
+
+
 def run_segment_job(cfg: TrainConfig, progress: Callable[[str], None] = print,
                     reference: bool = True) -> dict[str, Any]:
     """Run a federated segmentation over the silos under ``cfg.silos_path``."""
-    silos, cfg, run_dir, result = run_job(
+    _, result = run_job(
         cfg, "segment", SEGMENTS_FILE,
         f"federated segmentation on Flower's Simulation Engine: "
         f"{len(list_silos(cfg.silos_path))} silos, k={cfg.segments}, "
-        f"{cfg.segment_iterations} iterations, DP", progress)
-    path = run_dir / SEGMENTS_FILE
-    if reference:
-        # Only the gap is kept: the noise-free centroids and sizes are exact
-        # statistics of pooled customers, which no report may carry.
-        private = np.array([c for c in result["centroids"] if c is not None])
-        ref = noise_free_reference(silos, cfg)["centroids"]
-        result["noise_free_reference"] = {
-            "mean_centroid_gap": centroid_gap(private, ref) if len(private) else None,
-            "note": "mean distance from each noise-free centroid (same protocol, pooled, no "
-                    "noise; simulation only) to the nearest shown private centroid"}
-        atomic_write_json(path, result)
-    result["run_dir"] = str(run_dir)
+        f"{cfg.segment_iterations} iterations, DP", progress,
+        ("noise_free_reference", segment_reference) if reference else None)
     return result

@@ -74,14 +74,20 @@ def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
     return on_line
 
 
+Reference = Callable[[list[Path], TrainConfig, dict[str, Any]], dict[str, Any]]
+"""What only a simulation can add to a job's result: ``(silos, resolved config, result) -> entry``."""
+
+
 def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
-            progress: Callable[[str], None]) -> tuple[list[Path], TrainConfig, Path, dict[str, Any]]:
-    """Run one non-training job (PSI, segmentation, regional counts) over every silo.
+            progress: Callable[[str], None],
+            reference: tuple[str, Reference] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """Run one non-training job (PSI, segmentation, regional counts, joint model) over every silo.
 
     ``title`` is the progress line naming the run. Validates the job's config
     (segmentation and regional counts are DP only), checks a DP job's ledger
-    exists before any Flower process starts, and returns the silos, the
-    resolved config, the run directory and the ServerApp's ``result_file``.
+    exists before any Flower process starts, and returns the resolved config
+    and the ServerApp's ``result_file`` with ``run_dir`` added. ``reference``
+    (key, function) adds a simulation-only entry, written back to the file.
     """
     cfg = replace(cfg, job=job)
     silos = list_silos(cfg.silos_path)
@@ -96,7 +102,13 @@ def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
     path = run_dir / result_file
     if not path.is_file():
         raise SimulationError(f"the {job} run did not finish; see {run_dir / 'flower' / 'flower.log'}")
-    return silos, cfg, run_dir, json.loads(path.read_text())
+    result: dict[str, Any] = json.loads(path.read_text())
+    if reference is not None:
+        key, compute = reference
+        result[key] = compute(silos, cfg, result)
+        atomic_write_json(path, result)
+    result["run_dir"] = str(run_dir)
+    return cfg, result
 
 
 def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,

@@ -88,15 +88,11 @@ def load_aligned(silos_dir: Path, feature_lines: Sequence[str] = DEFAULT_FEATURE
 
 
 def _build_silos(platform_dir: Path, work: Path) -> Path:
-    from fedprofile.demo import build_silos
-    from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
+    from fedprofile.demo import build_silos, demo_keys
 
-    keys = work / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    secret = Secret.from_key_file(generate_key_file(keys / "sim.key"))
-    Keyring.create(keys / "sim.keyring", "sim", secret)
+    keyring, secret = demo_keys(work)  # a throwaway key domain in the temporary folder
     out = work / "silos"
-    build_silos(platform_dir, out, keys / "sim.keyring", secret, progress=lambda _m: None)
+    build_silos(platform_dir, out, keyring, secret, progress=lambda _m: None)
     return out
 
 

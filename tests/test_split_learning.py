@@ -216,3 +216,18 @@ def test_label_dp_alone_keeps_the_joint_gain() -> None:
     auc_single = roc_auc(y_test, predict_vertical(single, [test_blocks[0]]))
     assert auc_joint > auc_single + 0.05, (auc_joint, auc_single)
     assert math.isfinite(joint.privacy.gradient_epsilon)
+
+
+def test_remote_only_head_scores_rows_the_label_silo_does_not_know() -> None:
+    # Label block 0 stays home; the remote-only head sees block 1's released embeddings only,
+    # as when the label silo scores an audience it has no rows for.
+    blocks, y = two_block_problem(3000, 2)
+    test_blocks, y_test = two_block_problem(2000, 5)
+    r = train_vertical(blocks, y, dataclasses.replace(FAST, label_block=0, remote_head=True,
+                                                      noise_gradient=1.0))
+    assert r.remote_head is not None
+    auc_remote = roc_auc(y_test, sl.predict_remote_only(r, [test_blocks[1]]))
+    assert 0.65 < auc_remote < roc_auc(y_test, predict_vertical(r, test_blocks)), auc_remote
+    without = train_vertical(blocks, y, dataclasses.replace(FAST, label_block=0))
+    with pytest.raises(ValueError, match="no remote-only head"):
+        sl.predict_remote_only(without, [test_blocks[1]])
