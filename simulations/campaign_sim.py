@@ -81,9 +81,9 @@ from .platform import (
     _DOMESTIC_NIGHTS_MEAN,
     _LEAD_PMFS,
     KNOWN_LINES,
-    MAX_LEAD_DAYS,
     PlatformConfig,
-    _season_weights,
+    horizon_exposure,
+    periodic_no_order,
 )
 
 __all__ = [
@@ -173,12 +173,7 @@ def _config_from_manifest(platform_dir: Path) -> PlatformConfig:
     path = Path(platform_dir) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a generated platform (no manifest)")
-    raw = dict(json.loads(path.read_text())["config"])
-    for name in ("start", "end"):
-        raw[name] = dt.date.fromisoformat(raw[name])
-    for name in ("lines", "segment_shares"):
-        raw[name] = tuple(raw[name])
-    return PlatformConfig(**raw)
+    return PlatformConfig.from_json(json.loads(path.read_text())["config"])
 
 
 def _day_index(cfg: PlatformConfig, values: list[str], empty: int) -> np.ndarray:
@@ -275,28 +270,16 @@ class ResponseProbabilities:
         return self.p_treated - self.p_control
 
 
-def _exposure(cfg: PlatformConfig, lead_kind: str, h0: int, window_days: int) -> float:
-    """Expected orders in the window per unit of yearly trip rate, for one lead-time pmf.
-
-    An order lands on day d of the window when its trip is on d + lead, so the
-    season weights of the trip days are averaged over the lead distribution.
-    """
-    pmf = _LEAD_PMFS[lead_kind]
-    weights = _season_weights(cfg, np.arange(h0, h0 + window_days + MAX_LEAD_DAYS))
-    window_sums = np.convolve(weights, np.ones(window_days), mode="valid")[: MAX_LEAD_DAYS + 1]
-    return float((pmf * window_sums).sum() / 365.0)
-
-
 def _leisure_exposure(persons: PersonTruth, line: str, h0: int, window_days: int) -> np.ndarray:
     """Expected relevant leisure orders in the window per trip/year and unit booking probability."""
     cfg, s = persons.config, persons.leisure_intl_share
     if line == "flights":
-        return ((1 - s) * _exposure(cfg, "flight_domestic", h0, window_days)
-                + s * _exposure(cfg, "flight_international", h0, window_days))
+        return ((1 - s) * horizon_exposure(cfg, "flight_domestic", h0, window_days)
+                + s * horizon_exposure(cfg, "flight_international", h0, window_days))
     if line == "hotels":
         has_night = (1 - s) * (1.0 - math.exp(-_DOMESTIC_NIGHTS_MEAN)) + s
-        return has_night * _exposure(cfg, "hotel_leisure", h0, window_days)
-    return s * _exposure(cfg, "datapack", h0, window_days)
+        return has_night * horizon_exposure(cfg, "hotel_leisure", h0, window_days)
+    return s * horizon_exposure(cfg, "datapack", h0, window_days)
 
 
 def _periodic_relevance(persons: PersonTruth, line: str) -> np.ndarray:
@@ -314,34 +297,16 @@ def _periodic_relevance(persons: PersonTruth, line: str) -> np.ndarray:
 
 def _periodic_no_order(persons: PersonTruth, line: str, h0: int, window_days: int,
                        book: np.ndarray) -> np.ndarray:
-    """P(no order from the periodic schedule in the window) with per-trip booking ``book``.
-
-    Trip k is on anchor + k*cycle + J (J uniform on +-jitter), its order a lead
-    L earlier; trips are independent, so this is a product over the trips near
-    the window of 1 - book * relevance * P(order day in window).
-    """
+    """P(no order from the periodic schedule in the window) with per-trip booking ``book``."""
     h1 = h0 + window_days - 1
     lead = _LEAD_PMFS[_BUSINESS_LEAD[line]]
-    relevance = _periodic_relevance(persons, line)
+    prob = book * _periodic_relevance(persons, line)
     out = np.ones(len(persons))
     pairs = {(int(c), int(j)) for c, j in zip(persons.cycle.tolist(), persons.jitter.tolist()) if c}
     for cycle, jitter in sorted(pairs):
         mask = (persons.cycle == cycle) & (persons.jitter == jitter)
-        # D = J - L: offset of the order day from the nominal trip day, on low..jitter.
-        pmf = np.convolve(np.full(2 * jitter + 1, 1.0 / (2 * jitter + 1)), lead[::-1])
-        low = -jitter - MAX_LEAD_DAYS
-        cdf = np.concatenate([[0.0], np.cumsum(pmf)])
-
-        def below(x: np.ndarray) -> np.ndarray:
-            return cdf[np.clip(x - low, 0, pmf.size)]  # P(D < x)
-
-        anchor = persons.anchor_day[mask]
-        k0 = (h0 - jitter - anchor) // cycle  # first nominal trip on or before h0 - jitter
-        prob = book[mask] * relevance[mask]
-        for m in range((h1 - h0 + 2 * jitter + MAX_LEAD_DAYS) // cycle + 3):
-            nominal = anchor + (k0 + m) * cycle
-            q = below(h1 + 1 - nominal) - below(h0 - nominal)
-            out[mask] *= 1.0 - prob * q
+        out[mask] = periodic_no_order(persons.anchor_day[mask], cycle, jitter, prob[mask], lead,
+                                      h0, h1)
     return out
 
 

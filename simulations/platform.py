@@ -206,6 +206,19 @@ class PlatformConfig:
         """Number of days in the window, both ends included."""
         return (self.end - self.start).days + 1
 
+    @classmethod
+    def from_json(cls, raw: dict[str, object]) -> PlatformConfig:
+        """The inverse of :meth:`to_json`."""
+        values = dict(raw)
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            if f.type in ("datetime.date", datetime.date):
+                values[f.name] = datetime.date.fromisoformat(str(values[f.name]))
+            elif isinstance(values[f.name], list):
+                values[f.name] = tuple(values[f.name])
+        return cls(**values)  # type: ignore[arg-type]
+
     def to_json(self) -> dict[str, object]:
         """JSON-ready dict (dates as ISO strings, tuples as lists)."""
         out: dict[str, object] = {}
@@ -916,17 +929,46 @@ def _build_customers(cfg: PlatformConfig, persons: _Persons, line: str, orders: 
 # --------------------------------------------------------------------------- #
 
 
-def _horizon_exposure(cfg: PlatformConfig, lead_kind: str) -> float:
-    """Expected orders in the horizon per unit of yearly trip rate, for one lead pmf.
+def horizon_exposure(cfg: PlatformConfig, lead_kind: str, h0: int | None = None,
+                     days: int = PROPENSITY_HORIZON_DAYS) -> float:
+    """Expected orders in days ``[h0, h0 + days)`` per unit of yearly trip rate, for one lead pmf.
 
-    An order lands on day d of the horizon when its trip is on d + lead, so the
-    trip intensity is averaged over the horizon shifted by the lead.
+    An order lands on day d of the window when its trip is on d + lead, so the
+    trip intensity (season weights) is averaged over the window shifted by the
+    lead. ``h0`` defaults to the day after the generated data. The campaign
+    simulator uses this too, with its own window: both must agree.
     """
+    h0 = cfg.n_days if h0 is None else h0
     pmf = _LEAD_PMFS[lead_kind]
-    days = np.arange(cfg.n_days, cfg.n_days + PROPENSITY_HORIZON_DAYS + MAX_LEAD_DAYS)
-    weights = _season_weights(cfg, days)
-    window_sums = np.convolve(weights, np.ones(PROPENSITY_HORIZON_DAYS), mode="valid")[: MAX_LEAD_DAYS + 1]
+    weights = _season_weights(cfg, np.arange(h0, h0 + days + MAX_LEAD_DAYS))
+    window_sums = np.convolve(weights, np.ones(days), mode="valid")[: MAX_LEAD_DAYS + 1]
     return float((pmf * window_sums).sum() / 365.0)
+
+
+def periodic_no_order(origin: np.ndarray, cycle: int, jitter: int, prob: np.ndarray,
+                      lead_pmf: np.ndarray, h0: int, h1: int) -> np.ndarray:
+    """P(no order on days ``[h0, h1]``) for people on one periodic schedule.
+
+    Trip k is on origin + k*cycle + J (J uniform on +-jitter), its order a lead
+    L (pmf ``lead_pmf``) earlier, each trip booked independently with
+    probability ``prob`` (per person): a product over the trips near the
+    window of 1 - prob * P(order day in window). Shared by the generator's true
+    propensities and the campaign simulator.
+    """
+    # D = J - L: offset of the order day from the nominal trip day, on low..jitter.
+    pmf = np.convolve(np.full(2 * jitter + 1, 1.0 / (2 * jitter + 1)), lead_pmf[::-1])
+    low = -jitter - MAX_LEAD_DAYS
+    cdf = np.concatenate([[0.0], np.cumsum(pmf)])  # cdf[i] = P(D < low + i)
+
+    def below(x: np.ndarray) -> np.ndarray:
+        return cdf[np.clip(x - low, 0, pmf.size)]  # P(D < x)
+
+    k0 = (h0 - origin - MAX_LEAD_DAYS - jitter) // cycle - 1
+    no_order = np.ones(len(origin))
+    for m in range((h1 - h0 + 1 + 2 * MAX_LEAD_DAYS + 2 * jitter) // cycle + 4):
+        nominal = origin + (k0 + m) * cycle
+        no_order *= 1.0 - prob * (below(h1 + 1 - nominal) - below(h0 - nominal))
+    return no_order
 
 
 def _leisure_intensity(cfg: PlatformConfig, persons: _Persons) -> dict[str, np.ndarray]:
@@ -936,20 +978,15 @@ def _leisure_intensity(cfg: PlatformConfig, persons: _Persons) -> dict[str, np.n
     dom_has_night = 1.0 - math.exp(-_DOMESTIC_NIGHTS_MEAN)
     return {
         "flights": rate * persons.p_flight * (
-            (1 - s) * _horizon_exposure(cfg, "flight_domestic") + s * _horizon_exposure(cfg, "flight_international")
+            (1 - s) * horizon_exposure(cfg, "flight_domestic") + s * horizon_exposure(cfg, "flight_international")
         ),
-        "hotels": rate * persons.p_hotel * ((1 - s) * dom_has_night + s) * _horizon_exposure(cfg, "hotel_leisure"),
-        "datapacks": rate * persons.p_datapack * s * _horizon_exposure(cfg, "datapack"),
+        "hotels": rate * persons.p_hotel * ((1 - s) * dom_has_night + s) * horizon_exposure(cfg, "hotel_leisure"),
+        "datapacks": rate * persons.p_datapack * s * horizon_exposure(cfg, "datapack"),
     }
 
 
 def _periodic_no_order(cfg: PlatformConfig, persons: _Persons, line: str) -> np.ndarray:
-    """P(no order on the line in the horizon from the periodic schedule), per person.
-
-    Trip k is on origin + k*cycle + J (J uniform on +-jitter) and its order on
-    that minus a lead L; trips are independent, so the probability is a product
-    over the scheduled trips near the horizon of 1 - p_book * eligible * q_k.
-    """
+    """P(no order on the line in the horizon from the periodic schedule), per person."""
     lead_kind = {"flights": "flight_business", "hotels": "hotel_business", "datapacks": "datapack"}[line]
     dest = np.maximum(persons.periodic_dest, 0)
     p_book = {"flights": persons.p_flight, "hotels": persons.p_hotel, "datapacks": persons.p_datapack}[line]
@@ -962,23 +999,10 @@ def _periodic_no_order(cfg: PlatformConfig, persons: _Persons, line: str) -> np.
     no_order = np.ones(persons.n)
     for cycle, jitter, _ in _PERIODIC_CYCLES:
         mask = persons.cycle == cycle
-        if not mask.any():
-            continue
-        # D = J - L: offset of the order day from the nominal trip day.
-        pmf = np.convolve(np.full(2 * jitter + 1, 1.0 / (2 * jitter + 1)), _LEAD_PMFS[lead_kind][::-1])
-        low = -jitter - MAX_LEAD_DAYS
-        cdf = np.concatenate([[0.0], np.cumsum(pmf)])  # cdf[i] = P(D < low + i)
-
-        def below(x: np.ndarray) -> np.ndarray:
-            return cdf[np.clip(x - low, 0, pmf.size)]  # P(D < x)
-
-        origin = persons.origin[mask]
-        k0 = (h0 - origin - MAX_LEAD_DAYS - jitter) // cycle - 1
-        prob = p_book[mask] * eligible[mask]
-        for m in range((PROPENSITY_HORIZON_DAYS + 2 * MAX_LEAD_DAYS + 2 * jitter) // cycle + 4):
-            nominal = origin + (k0 + m) * cycle
-            q = below(h1 + 1 - nominal) - below(h0 - nominal)
-            no_order[mask] *= 1.0 - prob * q
+        if mask.any():
+            no_order[mask] = periodic_no_order(persons.origin[mask], cycle, jitter,
+                                               p_book[mask] * eligible[mask],
+                                               _LEAD_PMFS[lead_kind], h0, h1)
     return no_order
 
 
