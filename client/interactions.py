@@ -62,6 +62,19 @@ class Interactions:
         """``bounds[u]:bounds[u+1]`` are user ``u``'s interactions (they are contiguous)."""
         return np.searchsorted(self.user_index, np.arange(self.n_users + 1), side="left")
 
+    def items_bought_by(self, min_customers: int) -> list[str]:
+        """Item codes that at least ``min_customers`` distinct customers bought, sorted.
+
+        What a silo may name to others (a catalogue, an agreement): a rarer
+        item could single out the few customers who bought it.
+        """
+        if len(self) == 0:
+            return []
+        names, inverse = np.unique(self.item.astype(str), return_inverse=True)
+        pairs = np.unique(np.stack([inverse, self.user_index]), axis=1)
+        buyers = np.bincount(pairs[0], minlength=len(names))
+        return [str(i) for i in names[buyers >= min_customers]]
+
     def subset_users(self, keep: np.ndarray) -> Interactions:
         """Only the users where the boolean mask ``keep`` (one per user) is True."""
         keep = np.asarray(keep, dtype=bool)
@@ -159,3 +172,13 @@ def load_interactions(store: SiloStore) -> Interactions:
         item=np.array(cols[1], dtype=object), timestamp=np.array(cols[2], dtype=np.int64),
         value=np.array([np.nan if v is None else v for v in cols[3]], dtype=np.float64),
         region=np.array(cols[4], dtype=object), name=store.name)
+
+
+def encode_codes(catalog: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Index of each code in the sorted array ``catalog`` (int64), -1 where it is absent."""
+    catalog = np.asarray(catalog, dtype=str)
+    codes = np.asarray(codes, dtype=object).astype(str)
+    if len(catalog) == 0:
+        return np.full(len(codes), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(catalog, codes), len(catalog) - 1)
+    return np.where(catalog[pos] == codes, pos, -1).astype(np.int64)

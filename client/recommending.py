@@ -15,7 +15,6 @@ import functools
 from logging import INFO
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -77,13 +76,7 @@ def catalogue_proposal(split: Split, min_customers: int) -> list[str]:
     catalogue. The threshold keeps a rare item, which could single out the few
     customers who bought it, inside the silo.
     """
-    train = split.train
-    if len(train) == 0:
-        return []
-    items, inverse = np.unique(train.item.astype(str), return_inverse=True)
-    pairs = np.unique(np.stack([inverse, train.user_index]), axis=1)
-    customers = np.bincount(pairs[0], minlength=len(items))
-    return [str(i) for i in items[customers >= min_customers]]
+    return split.train.items_bought_by(min_customers)
 
 
 def catalog_reply(msg: Message, context: Context) -> Message:

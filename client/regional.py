@@ -45,7 +45,6 @@ import csv
 import io
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
@@ -59,7 +58,7 @@ from flwr.common.logger import log
 from fedprofile.files import atomic_write_text
 from fedprofile.privacy.accounting import noise_for_target
 
-from .interactions import Interactions, load_interactions
+from .interactions import Interactions, encode_codes, load_interactions
 from .node import DPPlan, gaussian_plan, silo_interactions
 from .store import SiloStore
 
@@ -111,12 +110,10 @@ def customer_top_items(inter: Interactions, items: Sequence[str], max_items: int
     """
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1, got {max_items}")
-    catalog = np.asarray(items, dtype=str)
-    if len(catalog) == 0 or len(inter) == 0:
+    if len(items) == 0 or len(inter) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    codes = inter.item.astype(str)
-    pos = np.minimum(np.searchsorted(catalog, codes), len(catalog) - 1)
-    found = catalog[pos] == codes
+    pos = encode_codes(np.asarray(items, dtype=str), inter.item)
+    found = pos >= 0
     pairs, counts = np.unique(np.stack([inter.user_index[found], pos[found]]), axis=1,
                               return_counts=True)
     if pairs.shape[1] == 0:
@@ -193,22 +190,14 @@ def proposal(inter: Interactions, min_customers: int) -> tuple[list[str], list[s
     active = inter.subset_users(~inter.opt_out)
     if len(active) == 0:
         return [], []
-    names, inverse = np.unique(active.item.astype(str), return_inverse=True)
-    pairs = np.unique(np.stack([inverse, active.user_index]), axis=1)
-    buyers = np.bincount(pairs[0], minlength=len(names))
     home = customer_regions(active).astype(str)
     places, homes = np.unique(home[home != ""], return_counts=True)
-    return ([str(i) for i in names[buyers >= min_customers]],
-            [str(r) for r in places[homes >= min_customers]])
+    return active.items_bought_by(min_customers), [str(r) for r in places[homes >= min_customers]]
 
 
 def noise_for_region_target(target_epsilon: float, delta: float) -> float:
     """Noise multiplier of the one release that spends at most ``target_epsilon``."""
-    with warnings.catch_warnings():
-        # Sample rate 1: Opacus's PRV code takes log(1 - q) = log(0); harmless there.
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
-                                category=RuntimeWarning)
-        return noise_for_target(target_epsilon, delta, 1.0, 1)
+    return noise_for_target(target_epsilon, delta, 1.0, 1)
 
 
 def regional_plan(name: str, customers: int, config: Mapping[str, Any]) -> DPPlan:
@@ -216,8 +205,6 @@ def regional_plan(name: str, customers: int, config: Mapping[str, Any]) -> DPPla
     if not bool(config["dp"]):
         raise ValueError("this silo releases regional counts with DP noise only (the run asked "
                          "for dp = false)")
-    if customers < 1:
-        raise ValueError(f"silo {name} has no customer with a region to count")
     return gaussian_plan(name, customers, config, 1, noise_for_region_target)
 
 
@@ -304,17 +291,18 @@ def read_regional_report(path: Path) -> tuple[int, dict[str, list[str] | None], 
 
 
 def serve_lists(inter: Interactions, k: int, regions: Mapping[str, list[str] | None],
-                overall: list[str], exclude_bought: bool = False
-                ) -> list[tuple[str, list[str]]]:
+                overall: list[str], exclude_bought: bool = False,
+                home: np.ndarray | None = None) -> list[tuple[str, list[str]]]:
     """Each user's ``(basis, items)``: their region's list, else the overall one.
 
     Opted-out customers get the overall list, which uses nothing about them:
     a region is a personal characteristic, and PIPL art. 24 lets them refuse
     marketing targeted by one; their purchases are not used either. With
     ``exclude_bought`` an opted-in customer's list drops what they already
-    bought (a region list is filled up from the overall one).
+    bought (a region list is filled up from the overall one). ``home``: each
+    user's region when the caller already has it (:func:`customer_regions`).
     """
-    home = customer_regions(inter).astype(str)
+    home = (customer_regions(inter) if home is None else home).astype(str)
     bought: list[set[str]] = [set() for _ in range(inter.n_users)]
     if exclude_bought:
         for u, item in zip(inter.user_index, inter.item.astype(str), strict=True):
@@ -348,8 +336,8 @@ def regional_recommendations(silo_dir: Path, regional_json: Path, exclude_bought
     k, regions, overall = read_regional_report(Path(regional_json))
     with SiloStore.open(silo_dir) as store:
         inter = load_interactions(store)
-    lists = serve_lists(inter, k, regions, overall, exclude_bought)
     home = customer_regions(inter)
+    lists = serve_lists(inter, k, regions, overall, exclude_bought, home)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["customer_key", "region", "rank", "item", "basis"])

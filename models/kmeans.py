@@ -56,7 +56,6 @@ Inertia is not released
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -276,10 +275,7 @@ def noise_for_kmeans_target(epsilon: float, delta: float, iterations: int, *,
     warning is silenced here.
     """
     releases = kmeans_privacy_steps(1.0, iterations, seeding=seeding)[0].steps
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
-                                category=RuntimeWarning)
-        return noise_for_target(epsilon, delta, 1.0, releases, accountant)
+    return noise_for_target(epsilon, delta, 1.0, releases, accountant)
 
 
 def count_noise_std(noise_multiplier: float | None, n_silos: int) -> float:

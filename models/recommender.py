@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedprofile.client.interactions import Interactions
+from fedprofile.client.interactions import Interactions, encode_codes
 from fedprofile.client.splits import basket_ids
 
 from .dp import DPParams, DPTrainStats, PrivateTraining, make_private
@@ -127,9 +127,7 @@ class Catalog:
 
     def encode(self, codes: np.ndarray) -> np.ndarray:
         """Catalogue index of each code (int64), -1 where the code is not in the catalogue."""
-        codes = np.asarray(codes, dtype=object).astype(str)
-        pos = np.minimum(np.searchsorted(self._codes, codes), len(self.items) - 1)
-        return np.where(self._codes[pos] == codes, pos, -1).astype(np.int64)
+        return encode_codes(self._codes, codes)
 
 
 def customer_baskets(inter: Interactions, catalog: Catalog) -> list[list[np.ndarray]]:

@@ -39,10 +39,11 @@ ledger, or a budget check before training.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -342,7 +343,17 @@ def epsilon(history: Sequence[MechanismStep], delta: float, accountant: Accounta
         return 0.0
     acc = PRVAccountant()
     acc.history = steps
-    return float(acc.get_epsilon(delta=d, eps_error=err))
+    with _quiet_sample_rate_one():
+        return float(acc.get_epsilon(delta=d, eps_error=err))
+
+
+@contextlib.contextmanager
+def _quiet_sample_rate_one() -> Iterator[None]:
+    """At sample rate 1 Opacus's PRV code takes log(1 - q) = log(0): harmless, but it warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
+                                category=RuntimeWarning)
+        yield
 
 
 def prv_epsilon_bounds(history: Sequence[MechanismStep], delta: float, *,
@@ -410,6 +421,8 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, st
         # order at the largest alpha, which Opacus warns about; those probes are
         # not the answer, so the warning would only mislead.
         warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
+                                category=RuntimeWarning)  # sample rate 1 under PRV
         sigma = get_noise_multiplier(target_epsilon=target, target_delta=d,
                                      sample_rate=step.sample_rate, steps=step.steps,
                                      accountant=accountant, epsilon_tolerance=tol, **kwargs)

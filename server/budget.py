@@ -12,7 +12,6 @@ recomputed here from the reported mechanism), or released if it never trained.
 from __future__ import annotations
 
 import getpass
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,13 @@ class Budget:
     run_id: str
     reservations: dict[str, Reservation] = field(default_factory=dict)
     spent: dict[str, dict[str, float]] = field(default_factory=dict)  # set by the run
+
+    def single_sigma(self) -> float:
+        """The one noise multiplier every silo planned (they plan from one config and formula)."""
+        sigmas = {float(r.params["noise_multiplier"]) for r in self.reservations.values()}
+        if len(sigmas) != 1:
+            raise RuntimeError(f"silos planned different noise multipliers: {sorted(sigmas)}")
+        return sigmas.pop()
 
 
 def ledger_paths(cfg: TrainConfig) -> tuple[Path, Path]:
@@ -132,10 +138,7 @@ def mechanism_spent(history: Sequence[MechanismStep], delta: float,
     """
     if not history:
         raise ValueError("nothing was spent: no mechanism step")
-    with warnings.catch_warnings():  # the PRV accountant's grid warns for a few releases
-        warnings.filterwarnings("ignore", message="divide by zero encountered in log",
-                                category=RuntimeWarning)
-        prv = epsilon(history, delta, "prv")
+    prv = epsilon(history, delta, "prv")
     return {"noise-multiplier": history[-1].noise_multiplier,
             "sample-rate": history[-1].sample_rate,
             "steps": float(sum(step.steps for step in history)), "delta": delta,

@@ -191,10 +191,7 @@ def run_regional(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> di
     log(INFO, "fedprofile: regional recommendation over %d silos with DP (top-%d, at most %d "
         "items per customer)", len(nodes), cfg.regional_top_k, cfg.regional_max_items)
     with charged(grid, cfg, config, run_id, run_dir.name) as budget:
-        sigmas = {float(r.params["noise_multiplier"]) for r in budget.reservations.values()}
-        if len(sigmas) != 1:  # every silo plans from the same config and formula
-            raise RuntimeError(f"silos planned different noise multipliers: {sorted(sigmas)}")
-        sigma = sigmas.pop()
+        sigma = budget.single_sigma()
         sent = False
         try:
             agreed = collect_agreement(grid, nodes, config, cfg)

@@ -84,10 +84,7 @@ def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -
         k, cfg.segment_iterations, len(nodes))
     history: list[dict[str, Any]] = []
     with charged(grid, cfg, config, run_id, run_dir.name) as budget:
-        sigmas = {float(r.params["noise_multiplier"]) for r in budget.reservations.values()}
-        if len(sigmas) != 1:  # every silo plans from the same config and formula
-            raise RuntimeError(f"silos planned different noise multipliers: {sorted(sigmas)}")
-        sigma = sigmas.pop()
+        sigma = budget.single_sigma()
         floor = default_min_count(sigma, len(nodes))
         sent = 0
         try:
