@@ -84,6 +84,19 @@ def audience_counts(store: SiloStore) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
+def _sealed(silo_dir: Path, name: str, suffix: str = ".sealed") -> tuple[Path, bytes]:
+    """Where audience ``name``'s sealed file lies and the AAD that binds it to that name."""
+    kind = "audience" if suffix == ".sealed" else "audience-scores"
+    return Path(silo_dir) / AUDIENCE_DIR / f"{name}{suffix}", f"{kind}:{name}".encode()
+
+
+def seal_audience(silo_dir: Path, name: str, payload: dict[str, object], key: bytes) -> Path:
+    """Seal an audience's payload (personal data) under ``audiences/<name>.sealed``."""
+    path, aad = _sealed(silo_dir, name)
+    write_sealed_json(path, payload, key, aad=aad)
+    return path
+
+
 def save_audience(silo_dir: Path, name: str, session: str,
                   members: list[tuple[str, str]] | None, key: bytes | None,
                   summary: dict[str, int]) -> AudienceSummary:
@@ -93,14 +106,14 @@ def save_audience(silo_dir: Path, name: str, session: str,
     counts only.
     """
     folder = Path(silo_dir) / AUDIENCE_DIR
-    path = folder / f"{name}.sealed"
+    path, _ = _sealed(silo_dir, name)
     if members is not None:
         if key is None:
             raise ValueError("an audience list is personal data: a key is needed to seal it")
-        payload = {"name": name, "session": session,
-                   "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                   "columns": ["customer_key", "destination"], "rows": members}
-        write_sealed_json(path, payload, key, aad=f"audience:{name}".encode())
+        seal_audience(silo_dir, name, {
+            "name": name, "session": session,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "columns": ["customer_key", "destination"], "rows": members}, key)
     result = AudienceSummary(name=name, audience=len(members or []),
                              path=str(path) if members is not None else "", **summary)
     atomic_write_json(folder / f"{name}.summary.json", result.to_json())
@@ -109,8 +122,8 @@ def save_audience(silo_dir: Path, name: str, session: str,
 
 def load_audience(silo_dir: Path, name: str, key: bytes) -> dict[str, object]:
     """Open a sealed audience; any tampering raises :class:`TamperError`."""
-    path = Path(silo_dir) / AUDIENCE_DIR / f"{name}.sealed"
-    return read_sealed_json(path, key, aad=f"audience:{name}".encode())
+    path, aad = _sealed(silo_dir, name)
+    return read_sealed_json(path, key, aad=aad)
 
 
 def load_summary(silo_dir: Path, name: str) -> dict[str, object]:
@@ -120,23 +133,19 @@ def load_summary(silo_dir: Path, name: str) -> dict[str, object]:
 SCORES_SUFFIX = ".scores.sealed"
 
 
-def _scores_aad(name: str) -> bytes:
-    return f"audience-scores:{name}".encode()
-
-
 def save_audience_scores(silo_dir: Path, name: str, session: str, model: str,
                          scores: dict[str, float], key: bytes) -> Path:
     """Seal a model's score per member of audience ``name`` next to it (who has which score is personal data)."""
-    path = Path(silo_dir) / AUDIENCE_DIR / f"{name}{SCORES_SUFFIX}"
+    path, aad = _sealed(silo_dir, name, SCORES_SUFFIX)
     payload = {"audience": name, "audience_session": session, "model": model,
                "scores": [[k, float(v)] for k, v in scores.items()]}
-    write_sealed_json(path, payload, key, aad=_scores_aad(name))
+    write_sealed_json(path, payload, key, aad=aad)
     return path
 
 
 def load_audience_scores(silo_dir: Path, name: str, key: bytes) -> dict[str, object] | None:
     """The sealed scores of audience ``name``; ``None`` when it was never scored."""
-    path = Path(silo_dir) / AUDIENCE_DIR / f"{name}{SCORES_SUFFIX}"
+    path, aad = _sealed(silo_dir, name, SCORES_SUFFIX)
     if not path.is_file():
         return None
-    return read_sealed_json(path, key, aad=_scores_aad(name))
+    return read_sealed_json(path, key, aad=aad)

@@ -41,9 +41,8 @@ from typing import Any
 import numpy as np
 
 from fedprofile.files import atomic_write_json
-from fedprofile.privacy.sealed import write_sealed_json
 
-from .audiences import AUDIENCE_DIR, load_audience
+from .audiences import AUDIENCE_DIR, load_audience, seal_audience
 from .store import SiloStore
 
 __all__ = [
@@ -51,7 +50,6 @@ __all__ = [
     "Audience",
     "AudienceRow",
     "CampaignPlan",
-    "KNOWN_CASES",
     "OptOutFilter",
     "ab_split",
     "audience_name",
@@ -61,11 +59,6 @@ __all__ = [
     "plan_campaign",
     "save_audience_plan",
 ]
-
-KNOWN_CASES: tuple[str, ...] = (
-    "cross-sell-datapack", "retention-tiers", "repurchase-reminder", "regional-recommendation",
-)
-"""The marketing cases the project runs; :class:`CampaignPlan` accepts others too."""
 
 TREATED, CONTROL = "A", "B"
 AUDIENCE_COLUMNS: tuple[str, ...] = ("pseudonym", "group", "offer", "score", "send_at")
@@ -432,11 +425,9 @@ def save_audience_plan(silo_dir: Path, plan: CampaignPlan, audience: Audience,
         raise ValueError("an audience list is personal data: the silo's identity key is needed "
                          "to seal it")
     name = audience_name(plan.campaign_id)
-    folder = Path(silo_dir) / AUDIENCE_DIR
-    sealed = folder / f"{name}.sealed"
-    payload = {"name": name, "created": plan.created, **audience.to_payload()}
-    write_sealed_json(sealed, payload, key, aad=f"audience:{name}".encode())
-    plan_path = folder / f"{name}.plan.json"
+    sealed = seal_audience(silo_dir, name, {"name": name, "created": plan.created,
+                                            **audience.to_payload()}, key)
+    plan_path = Path(silo_dir) / AUDIENCE_DIR / f"{name}.plan.json"
     atomic_write_json(plan_path, plan.to_dict())
     return plan_path, sealed
 

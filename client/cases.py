@@ -18,7 +18,7 @@ import numpy as np
 
 from .audiences import load_audience, load_audience_scores, load_summary
 from .campaigns import Audience, CampaignPlan, opted_out_pseudonyms, plan_campaign
-from .profiles import DAY, Profiles, profile_silo
+from .profiles import DAY, Profiles, epoch_day, profile_silo
 from .store import SiloStore
 from .tiers import assign_tiers, load_tiers
 
@@ -27,10 +27,6 @@ def _silo_profiles(silo_dir: Path, as_of: str) -> tuple[str, Profiles, frozenset
     """The silo's profiles, and who opted out of marketing (the profiles carry the flag)."""
     profiles = profile_silo(silo_dir, as_of)
     return profiles.name, profiles, frozenset(str(u) for u in profiles.users[profiles.opt_out])
-
-
-def _date(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).date().isoformat()
 
 
 def _mean(values: np.ndarray) -> float:
@@ -62,7 +58,7 @@ def retention_campaign(silo_dir: Path, campaign_id: str, *, tiers_file: Path | N
         candidates=[str(u) for u in profiles.users[members]], opted_out=opted_out,
         offers=offers, scores=[float(c) for c in profiles.churn_risk[members]],
         treated_share=treated_share, window_days=window_days,
-        created=_date(profiles.as_of), coupon_cost=_mean(value * aov),
+        created=epoch_day(profiles.as_of), coupon_cost=_mean(value * aov),
         margin_per_conversion=_mean(margin_rate * aov),
         notes=[f"tiers (customers before opt-out): "
                + ", ".join(f"{t} {n:,}" for t, n in counts.items()),
@@ -94,13 +90,15 @@ def repurchase_campaign(silo_dir: Path, campaign_id: str, *, as_of: str = "",
     return plan_campaign(
         campaign_id=campaign_id, case="repurchase-reminder", silo=name,
         candidates=[str(u) for u in profiles.users[chosen]], opted_out=opted_out,
-        offers="repurchase reminder", scores=[float(d) for d in profiles.days_until_next[chosen]],
-        send_at=[_date(t) for t in send], treated_share=treated_share,
-        window_days=due_within_days, created=_date(now), coupon_cost=0.0,
+        offers="repurchase reminder",
+        scores=[-float(d) for d in profiles.days_until_next[chosen]],
+        send_at=[epoch_day(t) for t in send], treated_share=treated_share,
+        window_days=due_within_days, created=epoch_day(now), coupon_cost=0.0,
         margin_per_conversion=_mean(margin_rate * profiles.avg_order_value[chosen]),
-        notes=[f"due within {due_within_days} days of {_date(now)} (or overdue by at most one "
+        notes=[f"due within {due_within_days} days of {epoch_day(now)} (or overdue by at most one "
                f"interval); reminder {lead_days} days before the predicted date",
-               "score = days until the predicted purchase (negative: overdue)"])
+               "score = days overdue (minus the days until the predicted purchase): "
+               "higher is more due, as every case's score is higher-first"])
 
 
 CROSS_SELL_AUDIENCE = "cross-sell-datapack"
@@ -151,7 +149,7 @@ def cross_sell_campaign(silo_dir: Path, campaign_id: str, key: bytes, *,
         name = store.name
         opted_out = opted_out_pseudonyms(store)
         last = store.execute("SELECT MAX(order_time) FROM orders").fetchone()[0]
-    created = as_of or (_date(last + DAY) if last is not None else dt.date.today().isoformat())
+    created = as_of or (epoch_day(last + DAY) if last is not None else dt.date.today().isoformat())
     psi_opted_out = int(load_summary(silo_dir, audience).get("opted_out", 0))  # type: ignore[arg-type]
     return plan_campaign(
         campaign_id=campaign_id, case="cross-sell-datapack", silo=name,

@@ -183,8 +183,7 @@ class Profiles:
             for name, values in columns.items():
                 value = values[u]
                 if name == "predicted_next_purchase":
-                    row[name] = (None if not np.isfinite(value) else
-                                 dt.datetime.fromtimestamp(float(value), dt.UTC).date().isoformat())
+                    row[name] = None if not np.isfinite(value) else epoch_day(value)
                 elif name in _INT_FIELDS:
                     row[name] = int(value)
                 elif name == "opt_out":
@@ -227,7 +226,7 @@ class Profiles:
         known_clv = self.clv[active & np.isfinite(self.clv)]
         return {
             "silo": self.name,
-            "as_of": dt.datetime.fromtimestamp(self.as_of, dt.UTC).date().isoformat(),
+            "as_of": epoch_day(self.as_of),
             "users": self.n_users,
             "customers": int(np.count_nonzero(active)),
             "opted_out": int(np.count_nonzero(self.opt_out)),
@@ -578,6 +577,11 @@ def decode_vector(v: Sequence[float] | np.ndarray) -> dict[str, float]:
     if not np.all(np.isfinite(arr)):
         raise ValueError("a profile vector must be finite")
     return {t.field: t.inverse(c) for t, c in zip(_TRANSFORMS, arr, strict=True)}
+
+
+def epoch_day(epoch: float) -> str:
+    """The UTC date (YYYY-MM-DD) of epoch seconds: how dates are shown and planned."""
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).date().isoformat()
 
 
 def as_of_epoch(as_of: str) -> int | None:

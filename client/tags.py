@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["NUMERIC_FIELDS", "TEXT_FIELDS", "OPERATORS", "DEFAULT_TAGS_FILE", "TagRuleError",
-           "Condition", "TagRule", "parse_tag_rules", "parse_rules", "load_tag_rules", "load_rules",
+           "Condition", "TagRule", "parse_rules", "load_tag_rules", "load_rules",
            "apply_tags"]
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -153,11 +153,6 @@ def _parse_condition(text: object, where: str) -> Condition:
     if not math.isfinite(number):
         raise TagRuleError(f"{where}: value {raw!r} must be a finite number")
     return Condition(field, op, number=number, source=text)
-
-
-def parse_tag_rules(document: Mapping[str, object], source: str) -> list[TagRule]:
-    """Tag rules from a parsed TOML document; ``source`` names it in errors."""
-    return parse_rules(document, source)
 
 
 def parse_rules(document: Mapping[str, object], source: str, section: str = "tags",

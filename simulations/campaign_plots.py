@@ -8,7 +8,6 @@ only (Agg backend), written atomically so a dashboard never reads half a PNG.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,21 +18,8 @@ from numpy.typing import ArrayLike
 matplotlib.use("Agg")  # files only; no display needed (servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedprofile.files import atomic_write_bytes  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from fedprofile.models.abtest import CampaignReport  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Render to memory in the format the suffix names, then write atomically."""
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format=fmt)
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 
 def plot_conversion_by_group(report: CampaignReport, path: Path | str) -> Path:
@@ -65,7 +51,7 @@ def plot_conversion_by_group(report: CampaignReport, path: Path | str) -> Path:
                  f"{100.0 * hi:+.1f}), p = {t.p_value:.3g}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_qini(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: Path | str,
@@ -111,4 +97,4 @@ def plot_qini(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], path: Path | st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -80,8 +80,6 @@ def simulate_campaign(platform_dir: Path, keys: SiloKeys, campaign_id: str,
     scores = [row.score for row in audience.rows]
     if all(s is not None for s in scores) and treated.any() and (~treated).any():
         score = np.array(scores, dtype=np.float64)
-        if plan.case == "repurchase-reminder":
-            score = -score  # soonest due first
         rng = np.random.default_rng(seed)
         random_score = rng.random(len(score))
         curves = {"by score": qini_curve(score, treated, conv),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed (servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
+
+from fedprofile.files import atomic_write_bytes  # noqa: E402
 
 
 PLOTS: dict[str, tuple[str, str, str, str]] = {
@@ -60,7 +63,17 @@ def plot_metric_by_round(metrics: dict[str, Any], path: Path, model: str = "prop
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: Path | str) -> Path:
+    """Render to memory in the format the suffix names, then write atomically (and close)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=fmt)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

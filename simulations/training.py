@@ -74,6 +74,24 @@ def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
     return on_line
 
 
+def prepare_run(cfg: TrainConfig) -> tuple[list[Path], TrainConfig, Path]:
+    """Before any Flower process starts: the silos, the ledger, an empty run directory.
+
+    Returns the silos, the config resolved to absolute paths (written to the
+    run directory's ``config.json``) and the run directory.
+    """
+    silos = list_silos(cfg.silos_path)
+    if len(silos) < cfg.min_silos:
+        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
+    require_ledger(cfg)
+    run_dir = cfg.run_path(new_run_id())
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"run directory {run_dir} is not empty")
+    cfg = cfg.resolved(run_dir)
+    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+    return silos, cfg, run_dir
+
+
 Reference = Callable[[list[Path], TrainConfig, dict[str, Any]], dict[str, Any]]
 """What only a simulation can add to a job's result: ``(silos, resolved config, result) -> entry``."""
 
@@ -89,14 +107,7 @@ def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
     and the ServerApp's ``result_file`` with ``run_dir`` added. ``reference``
     (key, function) adds a simulation-only entry, written back to the file.
     """
-    cfg = replace(cfg, job=job)
-    silos = list_silos(cfg.silos_path)
-    if len(silos) < cfg.min_silos:
-        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
-    require_ledger(cfg)
-    run_dir = cfg.run_path(new_run_id())
-    cfg = cfg.resolved(run_dir)
-    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+    silos, cfg, run_dir = prepare_run(replace(cfg, job=job))
     progress(title)
     run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
     path = run_dir / result_file
@@ -119,15 +130,7 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
     SuperLink with SuperNode authentication and one SuperNode process per
     silo, :mod:`fedprofile.server.deployment`) instead of the Simulation Engine.
     """
-    silos = list_silos(cfg.silos_path)
-    if len(silos) < cfg.min_silos:
-        raise ConfigError(f"{cfg.silos_path} has {len(silos)} silo(s); min-silos is {cfg.min_silos}")
-    require_ledger(cfg)
-    run_dir = cfg.run_path(new_run_id())
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"run directory {run_dir} is not empty")
-    cfg = cfg.resolved(run_dir)
-    atomic_write_json(run_dir / "config.json", cfg.to_mapping())
+    silos, cfg, run_dir = prepare_run(cfg)
 
     started = time.perf_counter()
     engine = "Deployment Engine (loopback)" if deployment else "Simulation Engine"
