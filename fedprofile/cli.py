@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     deployment = bool(getattr(args, "deployment", False))
     result = run_training(_train_config(args), progress=_progress, oracle=not args.no_oracle,
-                          deployment=deployment)
+                          deployment=deployment,
+                          warm_clientapps=not getattr(args, "cold_clientapps", False))
     _progress(summary_table(result.metrics))
     _progress(f"done in {result.seconds:.0f}s; run directory: {result.run_dir}"
               + (f" (deployment logs and credentials in {result.run_dir / 'flower' / 'deployment'})"
@@ -685,6 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-oracle", action="store_true", help="skip the centralized oracle")
     p.add_argument("--model", choices=("propensity", "recommender"), help="what to train")
     _add_train_options(p)
+    p.add_argument("--cold-clientapps", action="store_true",
+                   help="start every ClientApp task from a bare interpreter, as Flower's own "
+                        "SuperExec does, instead of forking it from one that has imported "
+                        "torch and opacus (slower; for comparison or troubleshooting)")
     p.set_defaults(func=cmd_train, deployment=True)
     p = deploy_sub.add_parser("credentials", help="write a CA, the SuperLink's TLS certificate "
                               "and one SuperNode key pair per silo, for real hosts")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class SuperNodeProcess:
     log: Path
     private_key: Path
     public_key: Path
+    superexec: subprocess.Popen[bytes] | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class LocalDeployment(FlowerProcesses):
 
     silos: list[Path] = field(default_factory=list)
     key_file: str = ""
+    warm: bool = True
     port: int = 0
     tls: TlsFiles | None = None
     superlink: subprocess.Popen[bytes] | None = None
@@ -83,6 +86,21 @@ class LocalDeployment(FlowerProcesses):
         self.port = free_port()
         self.write_connection(CONNECTION_NAME, self.port,
                               f'root-certificates = "{self.tls.ca_cert}"')
+        self.start_superlink()
+        for silo in self.silos:
+            private, public = make_supernode_key(self.credentials, silo.name)
+            self.register(public)
+            self.supernodes[silo.name] = self.start_supernode(silo.name, silo, private, public)
+        self.wait_online(len(self.silos))
+
+    def start_superlink(self) -> None:
+        """The SuperLink: TLS only, SuperNode authentication on, its state in ``superlink.db``.
+
+        The database keeps the registered SuperNode keys and the runs, so a
+        SuperLink started again on the same port and database admits the same
+        SuperNodes without registering them again.
+        """
+        assert self.tls is not None
         log = self.workdir / "superlink.log"
         self.superlink = self.spawn([
             flower_executable("flower-superlink"),
@@ -92,11 +110,12 @@ class LocalDeployment(FlowerProcesses):
             "--database", str(self.workdir / "superlink.db"),
             "--disable-runtime-dependency-installation"], log)
         wait_for_port(self.superlink, self.port, "flower-superlink", log)
-        for silo in self.silos:
-            private, public = make_supernode_key(self.credentials, silo.name)
-            self.register(public)
-            self.supernodes[silo.name] = self.start_supernode(silo.name, silo, private, public)
-        self.wait_online(len(self.silos))
+
+    def restart_superlink(self) -> None:
+        """Stop the SuperLink with all it started (its ServerApp included) and start it again."""
+        if self.superlink is not None:
+            self.end(self.superlink)
+        self.start_superlink()
 
     def _flwr(self, *args: str, timeout: float = 60.0) -> str:
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
@@ -119,25 +138,40 @@ class LocalDeployment(FlowerProcesses):
             node_config += f" key-file='{Path(self.key_file).resolve()}'"
         assert self.tls is not None
         log = self.workdir / f"supernode-{name}.log"
+        runtime_port = free_port()
         command = [
             flower_executable("flower-supernode"), "--root-certificates", str(self.tls.ca_cert),
             "--superlink", f"127.0.0.1:{self.port}",
             "--auth-supernode-private-key", str(private_key),
             "--auth-supernode-public-key", str(public_key),
-            "--node-config", node_config, "--isolation", "subprocess",
-            "--port", str(free_port())]
+            "--node-config", node_config,
+            "--isolation", "process" if self.warm else "subprocess",
+            "--host", "127.0.0.1", "--port", str(runtime_port)]
         if max_retries is not None:
             command += ["--max-retries", str(max_retries)]
-        return SuperNodeProcess(name, Path(silo_dir), self.spawn(command, log), log,
+        node = SuperNodeProcess(name, Path(silo_dir), self.spawn(command, log), log,
                                 private_key, public_key)
+        if self.warm:
+            node.superexec = self.spawn(
+                [sys.executable, "-m", "fedprofile.client.superexec", "--insecure",
+                 "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                 "--parent-pid", str(node.process.pid)],
+                self.workdir / f"superexec-{name}.log")
+        return node
 
     def restart_supernode(self, name: str) -> SuperNodeProcess:
         """Start a silo's SuperNode again (same key, same silo) after it stopped or was killed."""
         old = self.supernodes[name]
-        self.end(old.process)
+        self.end_supernode(old)
         self.supernodes[name] = self.start_supernode(name, old.silo_dir, old.private_key,
                                                      old.public_key)
         return self.supernodes[name]
+
+    def end_supernode(self, node: SuperNodeProcess) -> None:
+        """Stop a silo's SuperNode and its SuperExec, each with all it started."""
+        self.end(node.process)
+        if node.superexec is not None:
+            self.end(node.superexec)
 
     def online(self) -> int:
         """How many SuperNodes the SuperLink reports online."""
@@ -169,7 +203,7 @@ class LocalDeployment(FlowerProcesses):
     def stop(self) -> None:
         """Stop every SuperNode, then the SuperLink, each with all it started."""
         for node in self.supernodes.values():
-            self.end(node.process)
+            self.end_supernode(node)
         self.supernodes.clear()
         if self.superlink is not None:
             self.end(self.superlink)
@@ -177,14 +211,19 @@ class LocalDeployment(FlowerProcesses):
 
 
 def run_deployment(silos: list[Path], run_config: Mapping[str, Any], workdir: Path,
-                   on_line: Callable[[str], None], key_file: str = "") -> None:
-    """One run of the fedprofile app on a loopback deployment of ``silos``."""
+                   on_line: Callable[[str], None], key_file: str = "", warm: bool = True) -> None:
+    """One run of the fedprofile app on a loopback deployment of ``silos``.
+
+    ``warm``: each silo's ClientApp tasks are forked from a process that has
+    already imported torch and opacus (:mod:`fedprofile.client.superexec`);
+    ``False`` uses Flower's own SuperExec, one fresh interpreter per message.
+    """
     from .local_superlink import app_pyproject
 
     app_dir = workdir / "flower-app"
     app_dir.mkdir(parents=True, exist_ok=True)
     (app_dir / "pyproject.toml").write_text(app_pyproject())
-    with LocalDeployment(workdir / "deployment", silos, key_file) as deployment:
+    with LocalDeployment(workdir / "deployment", silos, key_file, warm=warm) as deployment:
         on_line(f"fedprofile: deployment up: SuperLink on 127.0.0.1:{deployment.port} (TLS, "
                 f"SuperNode authentication), {len(silos)} SuperNodes registered and online")
         deployment.run(app_dir, run_config, on_line, workdir / "flower.log")

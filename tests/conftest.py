@@ -16,8 +16,6 @@ from fedprofile.privacy.silo_keys import SiloKeys, load_silo_keys
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 
 SMALL_PLATFORM = PlatformConfig(n_customers=3000, seed=11)
-FLOWER_PROCESS_NAMES = ("flower-superlink", "flower-superexec", "flwr-simulation",
-                        "flwr-serverapp", "flwr-clientapp", "raylet", "gcs_server")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,11 +67,12 @@ def silos_dir(platform_dir: Path, domain: Domain, tmp_path_factory: pytest.TempP
 
 
 def flower_processes(under: Path) -> list[str]:
-    """Live (non-zombie) Flower/Ray processes whose FLWR_HOME lies under ``under``.
+    """Live (non-zombie) processes whose FLWR_HOME lies under ``under``, whatever their name.
 
-    fedprofile gives each run a private FLWR_HOME that every descendant
-    inherits, so this finds exactly the processes a test's run started, and is
-    not fooled by other Flower processes on the machine.
+    fedprofile gives each run a private FLWR_HOME that every process it starts
+    inherits (SuperLink, SuperNodes, SuperExecs, their forkservers and task
+    processes, Ray's workers), so this finds exactly the processes a test's run
+    started, and is not fooled by other Flower processes on the machine.
     """
     root = str(Path(under).resolve())
     found = []
@@ -86,7 +85,7 @@ def flower_processes(under: Path) -> list[str]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if state == "Z" or not any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+        if state == "Z":
             continue
         home = next((e[len(b"FLWR_HOME="):].decode(errors="replace") for e in environ
                      if e.startswith(b"FLWR_HOME=")), "")
