@@ -33,13 +33,16 @@ from fedprofile.privacy.silo_keys import read_identity_key
 
 from . import joint, recommending, regional, segmenting
 from .audiences import audience_counts, cross_sell_audience, psi_elements, save_audience
+from .failures import SiloError, silo_failure_mod
 from .features import N_FEATURES, SiloData, load_silo_data
 from .node import (dp_round, dp_sgd_plan, from_array, plan_reply, resolve_silo_dir,
                    silo_and_stamp, silo_secret, to_array, train_params)
 from .store import SiloStore
 
-# The leak guard inspects every reply before it leaves, when the run asks for it.
-app = ClientApp(mods=[leak_guard_mod])
+# A failure names its silo and keeps library messages at home (outermost, so it
+# also covers the leak guard); the leak guard inspects every reply before it
+# leaves, when the run asks for it.
+app = ClientApp(mods=[silo_failure_mod, leak_guard_mod])
 
 
 @functools.lru_cache(maxsize=16)
@@ -58,7 +61,7 @@ def silo_data(context: Context, horizon_days: int, as_of: str) -> SiloData:
     silo_dir, stamp = silo_and_stamp(context)
     data = _cached_data(str(silo_dir), stamp, horizon_days, as_of)
     if len(data.train) == 0 or len(data.test) == 0:
-        raise ValueError(f"silo {data.name} has no customers to train or test on "
+        raise SiloError(f"silo {data.name} has no customers to train or test on "
                          f"(train {len(data.train)}, test {len(data.test)})")
     return data
 
@@ -262,7 +265,7 @@ def psi_finish(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     state_key = f"psi-{config['session']}"
     if state_key not in context.state:
-        raise ValueError(f"no PSI session {config['session']} on this node")
+        raise SiloError(f"no PSI session {config['session']} on this node")
     receiver = PsiReceiver.resume(context.state[state_key], _psi_context(config))
     del context.state[state_key]
     blinded = msg.content["blinded"]

@@ -54,6 +54,7 @@ from fedprofile.models.split_learning import (VerticalConfig, accounted_noise,
                                               update_bottom)
 from fedprofile.privacy.psi import PsiReceiver, PsiSender, random_permutation
 
+from .failures import SiloError
 from .features import N_FEATURES, end_of_data, snapshot_all, snapshot_times
 from .node import (DPPlan, checked_delta, from_array, resolve_silo_dir, silo_and_stamp,
                    silo_secret, to_array)
@@ -143,7 +144,7 @@ def _state_key(kind: str, config: ConfigRecord) -> str:
 
 def _take(context: Context, key: str) -> Any:
     if key not in context.state:
-        raise ValueError(f"this node holds no {key.split('-')[1]} state for joint session "
+        raise SiloError(f"this node holds no {key.split('-')[1]} state for joint session "
                          f"{key.rsplit('-', 1)[-1][:8]}: the step that creates it did not run "
                          "here (or the node restarted)")
     return context.state[key]
@@ -235,9 +236,9 @@ def align_set(msg: Message, context: Context) -> Message:
     alignment = msg.content["alignment"]
     positions = alignment["pos"].numpy().astype(np.int64)
     if len(positions) and (positions.min() < 0 or positions.max() >= len(order)):
-        raise ValueError(f"alignment positions outside this silo's list of {len(order)}")
+        raise SiloError(f"alignment positions outside this silo's list of {len(order)}")
     if len(set(positions.tolist())) != len(positions):
-        raise ValueError("alignment names one customer for two rows")
+        raise SiloError("alignment names one customer for two rows")
     data = joint_data(context, config)
     customers = np.array([data.index_of_phone[order[j]] for j in positions], dtype=np.int64)
     context.state[_state_key("rows", config)] = ConfigRecord({"customers": customers.tolist()})
@@ -269,7 +270,7 @@ def plan(config: ConfigRecord, context: Context) -> tuple[DPPlan, str]:
         sigma = float(config["joint-noise-embedding"])
         mechanism = EMBEDDING_MECHANISM
         if sigma <= 0:
-            raise ValueError(f"silo {data.name} releases its embeddings without noise "
+            raise SiloError(f"silo {data.name} releases its embeddings without noise "
                              "(joint-noise-embedding = 0): there is no DP spend to plan")
     return DPPlan(data.name, accounted_noise(sigma), 1.0, releases, delta, n, 1), mechanism
 
@@ -315,7 +316,7 @@ def embed(msg: Message, context: Context) -> Message:
     if "gradient" in msg.content:
         gradient = torch.from_numpy(msg.content["gradient"]["g"].numpy().astype(np.float32))
         if gradient.shape != (len(customers), cfg.embed_dim):
-            raise ValueError(f"gradient of shape {tuple(gradient.shape)}, expected "
+            raise SiloError(f"gradient of shape {tuple(gradient.shape)}, expected "
                              f"{(len(customers), cfg.embed_dim)}")
         update_bottom(bottom, optimizer, x_train, gradient, cfg,
                       _generator(config, int(config["joint-round"])))
@@ -352,10 +353,10 @@ def _received(msg: Message, n_features: int, rows: int, cfg: VerticalConfig) -> 
     for k in range(n_features):
         z = torch.from_numpy(msg.content["embeddings"][f"z-{k}"].numpy().astype(np.float32))
         if z.shape != (rows, cfg.embed_dim):
-            raise ValueError(f"embeddings of feature silo {k} have shape {tuple(z.shape)}, "
+            raise SiloError(f"embeddings of feature silo {k} have shape {tuple(z.shape)}, "
                              f"expected {(rows, cfg.embed_dim)}")
         if not torch.isfinite(z).all():
-            raise ValueError(f"embeddings of feature silo {k} hold non-finite values")
+            raise SiloError(f"embeddings of feature silo {k} hold non-finite values")
         out.append(z)
     return out
 
@@ -443,14 +444,14 @@ def audience_embed(msg: Message, context: Context) -> Message:
     silo_dir = resolve_silo_dir(context)
     key = read_identity_key(silo_dir, silo_secret(context))
     if key is None:
-        raise ValueError(f"silo {silo_dir.name} keeps no identity key: it has no sealed audience")
+        raise SiloError(f"silo {silo_dir.name} keeps no identity key: it has no sealed audience")
     payload = load_audience(silo_dir, str(config["joint-audience"]), key)
     data = joint_data(context, config)
     position = {str(k): i for i, k in enumerate(data.customer_ids)}
     keys = [str(row[0]) for row in payload["rows"]]  # type: ignore[index]
     unknown = sum(1 for k in keys if k not in position)
     if unknown:
-        raise ValueError(f"{unknown} customer(s) of audience {config['joint-audience']!r} are no "
+        raise SiloError(f"{unknown} customer(s) of audience {config['joint-audience']!r} are no "
                          "longer in the silo: run the PSI again")
     # Somebody who opted out since the audience was built is not scored (PIPL Art. 24).
     keys = [k for k in keys if not data.opted_out[position[k]]]
@@ -472,7 +473,7 @@ def score(msg: Message, context: Context) -> Message:
     cfg = vertical_config(config)
     n_features = int(config["joint-n-features"])
     if n_features != 1 or not cfg.remote_head:
-        raise ValueError("scoring an audience needs one feature silo and a model trained with "
+        raise SiloError("scoring an audience needs one feature silo and a model trained with "
                          "the remote-only head (joint-audience set for the run)")
     rows = int(msg.content["embeddings"]["z-0"].shape[0])
     received = _received(msg, 1, rows, cfg)
@@ -500,11 +501,11 @@ def audience_scores(msg: Message, context: Context) -> Message:
     keys = [str(k) for k in record["keys"]]
     scores = msg.content["scores"]["p"].numpy().astype(np.float64)
     if scores.shape != (len(keys),) or not np.isfinite(scores).all():
-        raise ValueError(f"expected {len(keys)} finite scores, got shape {scores.shape}")
+        raise SiloError(f"expected {len(keys)} finite scores, got shape {scores.shape}")
     silo_dir = resolve_silo_dir(context)
     key = read_identity_key(silo_dir, silo_secret(context))
     if key is None:
-        raise ValueError(f"silo {silo_dir.name} keeps no identity key: it cannot seal scores")
+        raise SiloError(f"silo {silo_dir.name} keeps no identity key: it cannot seal scores")
     save_audience_scores(silo_dir, str(config["joint-audience"]), str(record["session"]),
                          f"joint model, run {config['joint-run']}",
                          dict(zip(keys, scores.tolist(), strict=True)), key)

@@ -25,6 +25,7 @@ from fedprofile.privacy.accounting import AccountantState, MechanismStep, epsilo
 from fedprofile.privacy.keys import Secret
 from fedprofile.privacy.psi import ELEMENT_SIZE
 
+from .failures import SiloError
 from .interactions import Interactions, load_interactions
 from .silos import list_silos
 from .store import STORE_FILENAME, SiloStore
@@ -129,10 +130,10 @@ class DPPlan:
 def checked_delta(name: str, customers: int, config: Mapping[str, Any]) -> float:
     """The run's delta, refused unless below 1/N for this silo's N customers."""
     if customers < 1:
-        raise ValueError(f"silo {name} has no customers to take part")
+        raise SiloError(f"silo {name} has no customers to take part")
     delta = float(config["dp-delta"])
     if delta >= 1.0 / customers:
-        raise ValueError(f"dp-delta {delta:g} is not below 1/N = {1.0 / customers:.2e} for silo "
+        raise SiloError(f"dp-delta {delta:g} is not below 1/N = {1.0 / customers:.2e} for silo "
                          f"{name} ({customers} customers): a delta that large allows leaking a "
                          "whole customer with that probability; lower it")
     return delta
@@ -226,7 +227,7 @@ def to_array(values: list[bytes]) -> Array:
 def from_array(array: Array) -> list[bytes]:
     data = array.numpy()
     if data.ndim != 2 or data.shape[1] != ELEMENT_SIZE or data.dtype != np.uint8:
-        raise ValueError(f"expected blinded values as uint8[n, {ELEMENT_SIZE}], got "
+        raise SiloError(f"expected blinded values as uint8[n, {ELEMENT_SIZE}], got "
                          f"{data.dtype}{list(data.shape)}")
     return [row.tobytes() for row in data]
 

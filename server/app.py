@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +91,19 @@ def run_silo_alone(grid: Grid, arrays: ArrayRecord, config: ConfigRecord,
 PSI_FILE = "psi.json"
 
 
-def spent_by_silo(strategy: SiloFedAvg, delta: float) -> dict[str, dict[str, float]]:
+def spent_by_silo(strategy: SiloFedAvg, delta: float,
+                  in_flight: Mapping[str, tuple[MechanismStep, float]] | None = None
+                  ) -> dict[str, dict[str, float]]:
     """What each silo spent, composed by the server over the rounds it trained in.
 
     A silo reports the mechanism it ran in each round it trained (noise,
     sample rate, that round's steps); the server composes them itself. It does
     not rest on the silo's own running total, which lives in the SuperNode's
     state and starts again from zero if the SuperNode restarts mid-run.
+
+    ``in_flight`` (silo: its planned per-round step and clip norm) adds one
+    round for a run that ended while training replies were awaited: a silo may
+    have trained and released that round without the server hearing of it.
     """
     rounds: dict[str, list[MechanismStep]] = {}
     clip: dict[str, float] = {}
@@ -106,6 +113,9 @@ def spent_by_silo(strategy: SiloFedAvg, delta: float) -> dict[str, dict[str, flo
                 float(reported["noise-multiplier"]), float(reported["sample-rate"]),
                 int(reported["round-steps"])))
             clip[silo] = float(reported["clip-norm"])
+    for silo, (step, clip_norm) in (in_flight or {}).items():
+        rounds.setdefault(silo, []).append(step)
+        clip.setdefault(silo, clip_norm)
     return {silo: mechanism_spent(history, delta, clip[silo]) for silo, history in rounds.items()}
 
 
@@ -217,10 +227,15 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
                 evaluate_config=config,
             )
         finally:
+            # A run cut off while training replies were awaited (the SuperLink stopped, the
+            # ServerApp was interrupted) charges that round too: it may have been released.
+            cut_off = bool(strategy.history) and not strategy.history[-1].train_aggregated
             if server_dp is not None:
                 server_dp["rounds"] = sum(1 for r in strategy.history if r.trained)
             if budget is not None:  # charge what each silo actually spent
-                budget.spent = privacy_summary(cfg, strategy)["silos"]  # type: ignore[assignment]
+                budget.spent = spent_by_silo(  # type: ignore[assignment]
+                    strategy, cfg.dp_delta,
+                    budget.planned_round(cfg.num_server_rounds) if cut_off else None)
     if not strategy.history or not strategy.history[-1].evaluation:
         raise RuntimeError("federated training produced no evaluation: see the log above")
 
@@ -246,7 +261,8 @@ def train(grid: Grid, context: Context, cfg: TrainConfig, run_dir: Path) -> None
         "rounds": [
             {"round": r.round, "seconds": r.seconds, "trained": r.trained,
              "train_loss": r.train_loss, "samples_per_second": r.samples_per_second,
-             "failures": r.failures, "missing": r.missing, "errors": r.errors,
+             "failures": r.failures, "missing": r.missing, "failed": r.failed,
+             "errors": r.errors,
              **r.evaluation}
             for r in strategy.history
         ],

@@ -40,6 +40,17 @@ class Budget:
     reservations: dict[str, Reservation] = field(default_factory=dict)
     spent: dict[str, dict[str, float]] = field(default_factory=dict)  # set by the run
 
+    def planned_round(self, rounds: int) -> dict[str, tuple[MechanismStep, float]]:
+        """Each reserved silo's planned mechanism for one of ``rounds`` rounds, and its clip norm."""
+        out = {}
+        for silo, reservation in self.reservations.items():
+            params = reservation.params
+            out[silo] = (MechanismStep(float(params["noise_multiplier"]),
+                                       float(params["sample_rate"]),
+                                       int(params["steps"]) // max(rounds, 1)),
+                         float(params["clip_norm"]))
+        return out
+
     def single_sigma(self) -> float:
         """The one noise multiplier every silo planned (they plan from one config and formula)."""
         sigmas = {float(r.params["noise_multiplier"]) for r in self.reservations.values()}

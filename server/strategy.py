@@ -7,6 +7,7 @@ subclass records those and otherwise leaves FedAvg's behaviour untouched.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,7 +36,32 @@ class RoundRecord:
     evaluation: dict[str, object] = field(default_factory=dict)
     failures: int = 0
     missing: list[str] = field(default_factory=list)  # trained in an earlier round, not in this one
+    failed: list[str] = field(default_factory=list)  # replied with an error naming itself
+    train_aggregated: bool = False  # False while the round's training replies are awaited
     errors: list[str] = field(default_factory=list)  # why replies failed, as Flower reported it
+
+
+# How Flower wraps a ClientApp's exception: ``<class 'x.Y'>:<'TEXT'>`` on the
+# Deployment Engine, ``Exception ClientAppException occurred. Message: ...`` in
+# the Simulation Engine.
+_FLOWER_WRAPPERS = (re.compile(r"^.*?<class '[\w.]+'>:<'"),
+                    re.compile(r"^Exception \w+ occurred\. Message: "))
+
+_NAMED = re.compile(r"silo (\S+): ")
+
+
+def failure_reason(raw: str, limit: int = 300) -> str:
+    """The one line of a failed reply worth keeping: the silo's own words when it sent some.
+
+    A fedprofile silo fails with ``silo NAME: Type: message``
+    (:mod:`fedprofile.client.failures`); Flower's own failures (a node gone,
+    a timeout) keep Flower's text.
+    """
+    lines = [line for line in raw.strip().splitlines() if line.strip()]
+    line = lines[-1].strip() if lines else "no reason given"
+    for wrapper in _FLOWER_WRAPPERS:
+        line = wrapper.sub("", line)
+    return line.removesuffix("'>")[:limit]
 
 
 class SiloFedAvg(FedAvg):
@@ -56,6 +82,7 @@ class SiloFedAvg(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         record = self.history[-1]
+        record.train_aggregated = True
         ok = [m for m in replies if not m.has_error()]
         record.failures += len(replies) - len(ok)
         record.trained = sorted(str(m.content["silo"]["name"]) for m in ok)
@@ -63,9 +90,10 @@ class SiloFedAvg(FedAvg):
         seen = {name for earlier in self.history[:-1] for name in earlier.trained}
         record.missing = sorted(seen - set(record.trained))
         if record.missing or record.failures:
+            named = sorted(set(record.missing) | set(record.failed))
             log(WARNING, "fedprofile: round %d: %d silo(s) failed or missing (%s); the round "
-                "goes on with %s", server_round, max(record.failures, len(record.missing)),
-                ", ".join(record.missing) or "not yet named", ", ".join(record.trained) or "none")
+                "goes on with %s", server_round, max(record.failures, len(named)),
+                ", ".join(named) or "not named", ", ".join(record.trained) or "none")
         for m in ok:  # each silo's cumulative DP spend, as it reported it
             metrics = m.content["metrics"]
             spent = {k[3:]: float(v) for k, v in metrics.items() if k.startswith("dp-")}  # type: ignore[arg-type]
@@ -83,7 +111,10 @@ class SiloFedAvg(FedAvg):
     def _note_failures(record: RoundRecord, replies: list[Message]) -> None:
         for reply in replies:
             if reply.has_error():
-                reason = str(reply.error.reason).strip().splitlines()[-1][:300]
+                reason = failure_reason(str(reply.error.reason))
+                named = _NAMED.match(reason)
+                if named and named.group(1) not in record.failed:
+                    record.failed.append(named.group(1))
                 if reason not in record.errors:
                     record.errors.append(reason)
                     log(WARNING, "fedprofile: round %d: a silo failed: %s", record.round, reason)

@@ -36,6 +36,7 @@ from .plots import plot_file, plot_metric_by_round
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SHOWN = re.compile(r"fedprofile: (.*)$")
 _ERROR = re.compile(r"\b[A-Z]\w*(?:Error|Exception): \S.*$")
+_REPLY_ERROR = "Received error in reply from node"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def relay_progress(progress: Callable[[str], None]) -> Callable[[str], None]:
             progress(f"  {match.group(1)}")
             return
         error = _ERROR.search(clean)
+        if error and _REPLY_ERROR in clean:
+            return  # a silo's failed reply: the strategy's own line says which silo, and why
         if error and error.group(0) not in shown:
             shown.add(error.group(0))
             progress(f"  error: {error.group(0)}")
@@ -123,12 +126,15 @@ def run_job(cfg: TrainConfig, job: str, result_file: str, title: str,
 
 
 def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
-                 oracle: bool = True, deployment: bool = False) -> TrainingResult:
+                 oracle: bool = True, deployment: bool = False,
+                 warm_clientapps: bool = True) -> TrainingResult:
     """Train federatedly on every silo under ``cfg.silos_path``; add the oracle.
 
     ``deployment``: run on Flower's Deployment Engine on this machine (a TLS
     SuperLink with SuperNode authentication and one SuperNode process per
     silo, :mod:`fedprofile.server.deployment`) instead of the Simulation Engine.
+    ``warm_clientapps=False`` starts each ClientApp task from a bare
+    interpreter, as Flower's own SuperExec does (slower; for comparison).
     """
     silos, cfg, run_dir = prepare_run(cfg)
 
@@ -138,7 +144,7 @@ def run_training(cfg: TrainConfig, progress: Callable[[str], None] = print,
              f"({', '.join(s.name for s in silos)}), {cfg.num_server_rounds} rounds")
     if deployment:
         run_deployment(silos, cfg.to_mapping(), run_dir / "flower", relay_progress(progress),
-                       key_file=cfg.key_file)
+                       key_file=cfg.key_file, warm=warm_clientapps)
     else:
         run_simulation(cfg, len(silos), run_dir / "flower", relay_progress(progress))
     metrics_path = run_dir / METRICS_FILE
