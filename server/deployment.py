@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -153,7 +152,7 @@ class LocalDeployment(FlowerProcesses):
                                 private_key, public_key)
         if self.warm:
             node.superexec = self.spawn(
-                [sys.executable, "-m", "fedprofile.client.superexec", "--insecure",
+                [flower_executable("fedprofile-superexec"), "--insecure",
                  "--runtime-api-address", f"127.0.0.1:{runtime_port}",
                  "--parent-pid", str(node.process.pid)],
                 self.workdir / f"superexec-{name}.log")

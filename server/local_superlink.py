@@ -86,7 +86,8 @@ def flower_executable(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise SimulationError(f"`{name}` not found: is flwr installed in this environment?")
+        raise SimulationError(f"`{name}` not found: are flwr and fedprofile installed in this "
+                              "environment?")
     return found
 
 
