@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/bench_training.py [--customers N] [--rounds R
 
 For each federation size it generates the synthetic platform and cuts it into
 that many silos: the three business lines, each split by customer into shards
-(10 silos = flights x4, hotels x3, datapacks x3). It then runs the real Flower
+(10 silos = flights x4, hotels x3, datapacks x3; :mod:`fedprofile.simulations.shards`). It then runs the real Flower
 app on the Simulation Engine and prints:
 
 * round 1 wall time: it includes starting the Ray workers and importing torch in
@@ -19,60 +19,28 @@ app on the Simulation Engine and prints:
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fedprofile.client.features import N_FEATURES
-from fedprofile.client.ingest import ingest
 from fedprofile.config import TrainConfig
 from fedprofile.models.propensity import build_model
 from fedprofile.models.training import TrainParams, train_local
 from fedprofile.simulations.oracle import load_all
+from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
+from fedprofile.simulations.shards import cut_platform
 from fedprofile.simulations.training import run_training
 
-SHARDS = {3: {"flights": 1, "hotels": 1, "datapacks": 1},
-          10: {"flights": 4, "hotels": 3, "datapacks": 3}}
 
-
-def _split(src: Path, dst_root: Path, line: str, shards: int) -> list[Path]:
-    """Write ``shards`` customer-disjoint copies of one line's files and ingest them."""
-    def shard_of(customer_id: str) -> int:
-        return zlib.crc32(customer_id.encode()) % shards
-
-    out = []
-    for k in range(shards):
-        name = line if shards == 1 else f"{line}-{k}"
-        out.append(dst_root / "src" / name)
-        out[-1].mkdir(parents=True, exist_ok=True)
-    for table in ("customers", "orders"):
-        with open(src / f"{table}.csv", newline="") as fh:
-            reader = csv.reader(fh)
-            header = next(reader)
-            key = header.index("customer_id")
-            writers = []
-            files = [open(d / f"{table}.csv", "w", newline="") for d in out]  # noqa: SIM115
-            try:
-                for f in files:
-                    writers.append(csv.writer(f))
-                    writers[-1].writerow(header)
-                for row in reader:
-                    writers[shard_of(row[key])].writerow(row)
-            finally:
-                for f in files:
-                    f.close()
-    silos = []
-    for d in out:
-        silo = dst_root / "silos" / d.name
-        ingest(silo, d / "customers.csv", d / "orders.csv", silo_name=d.name)
-        silos.append(silo)
-    return silos
+def _keys(work: Path) -> tuple[Path, Secret]:
+    secret = Secret.from_key_file(generate_key_file(work / "keys" / "bench.key"))
+    Keyring.create(work / "keys" / "bench.keyring", "bench", secret)
+    return work / "keys" / "bench.keyring", secret
 
 
 def bench(n_silos: int, customers: int, rounds: int, work: Path) -> dict[str, float]:
@@ -80,10 +48,13 @@ def bench(n_silos: int, customers: int, rounds: int, work: Path) -> dict[str, fl
     if not platform.exists():
         generate_platform(PlatformConfig(n_customers=customers, seed=7), platform)
     root = work / f"silos-{n_silos}"
-    silos = [s for line, k in SHARDS[n_silos].items()
-             for s in _split(platform / "silos" / line, root, line, k)]
+    keyring, secret = _keys(work) if not (work / "keys").exists() else (
+        work / "keys" / "bench.keyring", Secret.from_key_file(work / "keys" / "bench.key"))
+    federation = cut_platform(platform, root / "federation", n_silos, keyring, secret)
+    silos = list(federation.silos)
     cfg = TrainConfig(num_server_rounds=rounds, silo_alone=False,
-                      silos_dir=str(root / "silos"), run_dir=str(root / "run"))
+                      silos_dir=str(federation.silos_dir), run_dir=str(root / "run"),
+                      key_file=str(work / "keys" / "bench.key"))
     result = run_training(cfg, progress=lambda m: print(f"    {m}", flush=True), oracle=False)
     rounds_info = result.metrics["rounds"]
     later = [r["seconds"] for r in rounds_info[1:]]
@@ -109,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--silos", type=int, nargs="+", default=[3, 10], choices=sorted(SHARDS))
+    parser.add_argument("--silos", type=int, nargs="+", default=[3, 10])
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 to measure rounds after start-up")

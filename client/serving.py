@@ -18,17 +18,19 @@ import numpy as np
 import torch
 
 from fedprofile.files import atomic_write_text
+from fedprofile.models.propensity import PropensityModel, build_model
 from fedprofile.models.ranking import catalogue_coverage, intra_list_diversity
 from fedprofile.models.recommender import Catalog, RecommenderModel, customer_baskets, recommend
 
+from .features import FEATURE_NAMES, N_FEATURES
 from .interactions import load_interactions
 from .store import SiloStore
 
 RECOMMENDATIONS_FILE = "recommendations.csv"
 
 
-def load_recommender(path: Path) -> tuple[RecommenderModel, Catalog]:
-    """A trained recommender and its catalogue from a run's ``model.pt``.
+def _read_model_file(path: Path, kind: str) -> dict:
+    """A run's ``model.pt`` as saved by the ServerApp, checked to hold a ``kind`` model.
 
     Loaded with ``weights_only=True``: a model file is data, and must not be
     able to run code in the silo that loads it.
@@ -36,24 +38,45 @@ def load_recommender(path: Path) -> tuple[RecommenderModel, Catalog]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: train one with "
-                                "`fedprofile train --set model=recommender`")
+                                f"`fedprofile train --set model={kind}`")
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
         raise ValueError(f"{path} is not a model file fedprofile can read "
                          f"({type(err).__name__})") from None
-    if not isinstance(saved, dict) or saved.get("model") != "recommender":
-        kind = saved.get("model", "propensity") if isinstance(saved, dict) else "unknown"
-        raise ValueError(f"{path} holds a {kind} model, not a recommender")
-    catalog = Catalog(tuple(saved["catalog"]))
-    model = RecommenderModel(len(catalog), dim=int(saved["rec_dim"]))
+    found = saved.get("model", "propensity") if isinstance(saved, dict) else "unknown"
+    if found != kind:
+        raise ValueError(f"{path} holds a {found} model, not a {kind}")
+    return saved
+
+
+def _load_weights(path: Path, model: torch.nn.Module, saved: dict, kind: str) -> None:
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path} was saved by another version of the recommender; retrain it "
+        raise ValueError(f"{path} was saved by another version of the {kind}; retrain it "
                          f"with this fedprofile ({str(err).splitlines()[-1].strip()})") from None
     model.eval()
+
+
+def load_recommender(path: Path) -> tuple[RecommenderModel, Catalog]:
+    """A trained recommender and its catalogue from a run's ``model.pt``."""
+    saved = _read_model_file(path, "recommender")
+    catalog = Catalog(tuple(saved["catalog"]))
+    model = RecommenderModel(len(catalog), dim=int(saved["rec_dim"]))
+    _load_weights(path, model, saved, "recommender")
     return model, catalog
+
+
+def load_propensity(path: Path) -> PropensityModel:
+    """A trained propensity model from a run's ``model.pt`` (features: :data:`FEATURE_NAMES`)."""
+    saved = _read_model_file(path, "propensity")
+    if list(saved.get("feature_names", [])) != list(FEATURE_NAMES):
+        raise ValueError(f"{path} was trained on other features than this fedprofile builds; "
+                         "retrain it")
+    model = build_model(N_FEATURES, hidden=int(saved["hidden_units"]))
+    _load_weights(path, model, saved, "propensity model")
+    return model
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ history is what makes the epsilon cumulative across rounds and runs.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import secrets
 import time
 import warnings
@@ -106,6 +108,39 @@ class PrivateTraining:
             self.module.remove_hooks()
 
 
+SIMULATION_NOISE_SEED_ENV = "FEDPROFILE_SIMULATION_NOISE_SEED"
+"""Set only by ``fedprofile simulate`` on synthetic data: makes DP noise reproducible."""
+
+
+def noise_seeds(loader: DataLoader) -> tuple[int, int]:
+    """Seeds of the noise and of the Poisson sampling: OS entropy, unless simulating.
+
+    A simulation must give the same numbers when re-run (a compliance team
+    signs off on a result it can reproduce). So when the *silo's own process*
+    has :data:`SIMULATION_NOISE_SEED_ENV` set (the simulator sets it for its
+    synthetic silos; nothing the server sends can), the seeds are a keyed hash
+    of that value, the loader's seed (run seed + round) and the training data
+    itself, so two silos never draw the same noise (the server could cancel
+    it by subtracting their updates) and rounds never repeat noise.
+    """
+    secret = os.environ.get(SIMULATION_NOISE_SEED_ENV, "")
+    if not secret:
+        return secrets.randbits(63), secrets.randbits(63)
+    digest = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(), digest_size=16)
+    generator = getattr(loader, "generator", None)
+    digest.update(str(generator.initial_seed() if generator is not None else 0).encode())
+    dataset = loader.dataset
+    if hasattr(dataset, "tensors"):
+        for tensor in dataset.tensors:
+            digest.update(tensor.numpy().tobytes())
+    elif hasattr(dataset, "fingerprint"):
+        digest.update(dataset.fingerprint())
+    else:
+        raise TypeError(f"cannot fingerprint a {type(dataset).__name__} for reproducible noise")
+    value = int.from_bytes(digest.digest(), "big")
+    return value & (2**63 - 1), (value >> 64) & (2**63 - 1)
+
+
 def make_private(model: nn.Module, optimiser: torch.optim.Optimizer, loader: DataLoader,
                  dp: DPParams, grad_sample_mode: str = GRAD_SAMPLE_MODE,
                  criterion: nn.Module | None = None) -> PrivateTraining:
@@ -123,10 +158,11 @@ def make_private(model: nn.Module, optimiser: torch.optim.Optimizer, loader: Dat
     # The noise and the Poisson sampling must not be reproducible by anyone
     # else: the run's seed is in the run config the server sends, so a generator
     # seeded from it would let the server regenerate (and subtract) the noise.
-    # Both generators are seeded from OS entropy instead; only non-DP training
-    # is reproducible from the seed.
-    noise_generator = torch.Generator().manual_seed(secrets.randbits(63))
-    sampling_generator = torch.Generator().manual_seed(secrets.randbits(63))
+    # Both generators are seeded from OS entropy instead (noise_seeds); only
+    # non-DP training is reproducible from the seed, except in a simulation.
+    noise_seed, sampling_seed = noise_seeds(loader)
+    noise_generator = torch.Generator().manual_seed(noise_seed)
+    sampling_generator = torch.Generator().manual_seed(sampling_seed)
     loader = DataLoader(loader.dataset, batch_size=loader.batch_size,
                         collate_fn=loader.collate_fn, generator=sampling_generator)
 

@@ -45,6 +45,7 @@ influence and Opacus's accounting is customer-level.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -306,6 +307,15 @@ class RecTrainData(Dataset):
 
     def __len__(self) -> int:
         return len(self.baskets)
+
+    def fingerprint(self) -> bytes:
+        """A digest of the training data (for :func:`~fedprofile.models.dp.noise_seeds`)."""
+        digest = hashlib.blake2b(self.customers.tobytes(), digest_size=16)
+        for baskets in self.baskets:
+            for basket in baskets:
+                digest.update(np.asarray(basket, dtype=np.int64).tobytes())
+            digest.update(b"|")
+        return digest.digest()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         baskets = self.baskets[i]

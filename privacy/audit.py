@@ -183,40 +183,44 @@ def gather(ledger_path: Path, key: bytes, silos_dir: Path | None = None) -> dict
         }
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+REPORT_CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:"
+              "collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.25em .5em;"
+              "font-size:.85em;text-align:left}th{background:#eee}.ok{color:#070}.bad{color:#b00}")
+"""The style of fedprofile's self-contained HTML reports (the audit and the simulation report)."""
+
+
+def html_table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     return "—" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
 def render_html(data: dict[str, Any]) -> str:
     verification = data["verification"]
     status = ("intact" if verification["ok"] else "FAILED: " + "; ".join(verification["problems"]))
-    summary_rows = [[r["silo"], r["purpose"], _fmt(r["cap_epsilon"]), _fmt(r["cap_delta"]),
-                     _fmt(r["spent"]), _fmt(r["reserved"]), _fmt(r["remaining"]), r["runs"]]
+    summary_rows = [[r["silo"], r["purpose"], fmt_value(r["cap_epsilon"]), fmt_value(r["cap_delta"]),
+                     fmt_value(r["spent"]), fmt_value(r["reserved"]), fmt_value(r["remaining"]), r["runs"]]
                     for r in data["summary"]]
     entry_rows = []
     for e in data["entries"]:
         p = e["params"]
         n = p.get("customers")
         entry_rows.append([e["seq"], e["at"], e["silo"], e["purpose"], e["mechanism"],
-                           e["privacy_unit"], _fmt(p.get("noise_multiplier")),
-                           _fmt(p.get("sample_rate")), _fmt(p.get("steps")),
-                           _fmt(p.get("clip_norm")), _fmt(e["delta"]), _fmt(n),
-                           _fmt(e["delta"] * n) if n else "—",
-                           _fmt(e["epsilon_by_accountant"].get("rdp")),
-                           _fmt(e["epsilon_by_accountant"].get("prv")), _fmt(e["epsilon"]),
+                           e["privacy_unit"], fmt_value(p.get("noise_multiplier")),
+                           fmt_value(p.get("sample_rate")), fmt_value(p.get("steps")),
+                           fmt_value(p.get("clip_norm")), fmt_value(e["delta"]), fmt_value(n),
+                           fmt_value(e["delta"] * n) if n else "—",
+                           fmt_value(e["epsilon_by_accountant"].get("rdp")),
+                           fmt_value(e["epsilon_by_accountant"].get("prv")), fmt_value(e["epsilon"]),
                            e["model_id"] or "—", e["operator"]])
     worst = data.get("worst_case_per_customer") or {}
     plot = _epsilon_plot(data["entries"])
-    css = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:"
-           "collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.25em .5em;"
-           "font-size:.85em;text-align:left}th{background:#eee}.ok{color:#070}.bad{color:#b00}")
+    css = REPORT_CSS
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>fedprofile privacy audit "
         "report</title>", f"<style>{css}</style></head><body>",
@@ -228,32 +232,32 @@ def render_html(data: dict[str, Any]) -> str:
         + (f" (head seq {verification['head']['seq']}, hash <code>{verification['head']['hash']}"
            "</code>)" if verification.get("head") else "") + "</p>",
         "<h2>Budget spent vs cap, per silo and purpose</h2>",
-        _table(["silo", "purpose", "cap epsilon", "cap delta", "spent", "reserved",
+        html_table(["silo", "purpose", "cap epsilon", "cap delta", "spent", "reserved",
                 "remaining", "runs"], summary_rows),
         "<h2>Worst case per customer</h2><p>A customer present in several silos may be in "
         "every silo's training data, so the totals add up over silos (basic composition):</p>",
-        _table(["purpose", "worst-case epsilon"], [[k, _fmt(v)] for k, v in worst.items()]),
+        html_table(["purpose", "worst-case epsilon"], [[k, fmt_value(v)] for k, v in worst.items()]),
         "<h2>Epsilon over time</h2>", f"<img alt='epsilon over time' src='{plot}'>",
         "<h2>Mechanisms and parameters</h2><p>Privacy unit: <b>"
         + html.escape(", ".join(data.get("privacy_units") or ["customer"]))
         + "</b> (one training example per customer per silo). delta·N is the chance budget "
         "spread over the silo's customers; it should stay far below 1.</p>",
-        _table(["seq", "time", "silo", "purpose", "mechanism", "unit", "noise", "sample rate",
+        html_table(["seq", "time", "silo", "purpose", "mechanism", "unit", "noise", "sample rate",
                 "steps", "clip", "delta", "N", "delta·N", "eps RDP", "eps PRV", "eps charged",
                 "model", "operator"], entry_rows),
         "<h2>Accountants</h2>",
-        _table(["accountant", "what it is"], [[k, v] for k, v in data.get("accountants", {}).items()]),
+        html_table(["accountant", "what it is"], [[k, v] for k, v in data.get("accountants", {}).items()]),
         "<h2>Trust model: who can see what</h2>",
-        _table(["party", "can see"], [list(r) for r in data["trust_model"]]),
+        html_table(["party", "can see"], [list(r) for r in data["trust_model"]]),
         "<h2>Data categories used</h2>",
-        _table(["category", "fields"], [list(r) for r in data["data_categories"]]),
-        "<h2>Retention</h2>", _table(["what", "retention"], [list(r) for r in data["retention"]]),
+        html_table(["category", "fields"], [list(r) for r in data["data_categories"]]),
+        "<h2>Retention</h2>", html_table(["what", "retention"], [list(r) for r in data["retention"]]),
         "<h2>Pseudonymisation key versions in use</h2>",
-        _table(["silo", "key domain", "key version", "raw identifiers"],
+        html_table(["silo", "key domain", "key version", "raw identifiers"],
                [[k["silo"], k["key_domain"], k["key_version"], k["raw_ids"]]
                 for k in data["key_versions"]]),
         "<h2>GDPR / PIPL checklist</h2>",
-        _table(["reference", "topic", "status", "where"],
+        html_table(["reference", "topic", "status", "where"],
                [[c["reference"], c["topic"], c["status"], c["where"]] for c in data["checklist"]]),
         "</body></html>",
     ]

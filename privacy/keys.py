@@ -494,9 +494,18 @@ class Keyring:
     # ---- construction
 
     @classmethod
-    def create(cls, path: Path, domain: str, secret: Secret) -> Keyring:
-        """Create a keyring with one fresh random key (version 1); never overwrites a file."""
+    def create(cls, path: Path, domain: str, secret: Secret,
+               initial_key: bytes | None = None) -> Keyring:
+        """Create a keyring with one fresh random key (version 1); never overwrites a file.
+
+        ``initial_key`` replaces the random key: only the simulator passes one
+        (derived from its scenario seed, for synthetic data), so that the same
+        scenario gives the same pseudonyms and hence the same numbers.
+        """
         path = Path(path)
+        if initial_key is not None and (not isinstance(initial_key, bytes)
+                                        or len(initial_key) != KEY_LEN):
+            raise KeyringError(f"initial_key must be {KEY_LEN} bytes")
         validate_domain(domain)
         if not isinstance(secret, Secret):
             raise KeyringError(f"expected a Secret, got a {type(secret).__name__}")
@@ -504,7 +513,7 @@ class Keyring:
             raise KeyringError(f"keyring {path} already exists; refusing to overwrite it")
         kdf = _new_kdf(secret)
         kek = _derive_kek(path, kdf, secret)
-        key = os.urandom(KEY_LEN)
+        key = os.urandom(KEY_LEN) if initial_key is None else initial_key
         entry = _Entry(1, "active", _now(), None, seal(key, kek, _wrap_aad(domain, 1, "active")))
         doc = _Doc(domain, kdf, seal(CHECK_PLAINTEXT, kek, aad=domain.encode()), [entry])
         raw = doc.to_bytes()
