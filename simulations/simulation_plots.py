@@ -37,6 +37,7 @@ def plot_utility(rows: Sequence[dict[str, Any]], model: str, path: Path,
             ax.axhline((1 - tolerance) * reference["mean"], color="grey", linestyle=":",
                        label=f"{1 - tolerance:.0%} of no DP")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(epsilons, [f"{e:g}" for e in epsilons])
         ax.set_xlabel("epsilon per customer (delta fixed)")
         ax.set_ylabel(METRIC_LABELS[metric])
@@ -62,13 +63,16 @@ def plot_audit(audits: Sequence[dict[str, Any]], path: Path) -> Path:
     labels = [f"{e:g}" for e in epsilons] + (["no DP"] if len(ticks) > len(epsilons) else [])
     for ax in (left, right):
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ticks, labels)
         ax.set_xlabel("planned epsilon per customer")
         ax.grid(alpha=0.3)
     left.axhline(0.5, color="grey", linestyle=":")
     left.set_ylabel("membership attack AUC (held-out half)")
     left.set_title("Loss-threshold attack (black: no-DP control)")
-    right.set_yscale("symlog", linthresh=0.1)
+    tops = [a["epsilon_lower_bound"] for a in audits] + [
+        a["claimed_epsilon"] for a in audits if a["claimed_epsilon"] is not None]
+    right.set_ylim(-0.05 * max(tops + [1.0]), 1.15 * max(tops + [1.0]))
     right.set_ylabel("epsilon")
     right.set_title("Empirical lower bound (red) vs accountant (blue)")
     fig.tight_layout()
