@@ -47,7 +47,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import integrate, optimize
+from scipy import integrate, optimize, stats
 from scipy.special import betaln, expit, gammaln, hyp2f1
 
 __all__ = [
@@ -352,10 +352,18 @@ def _integral_purchases(params: BGNBDParams, t: float, x: float, t_x: float, T: 
     def per_p(p: float) -> float:
         return -math.expm1(-k * math.log1p(c * p)) / p if p > 0 else k * c
 
-    value, _ = integrate.quad(per_p, 0.0, 1.0, weight="alg", wvar=(a - 1.0, b + x - 1.0),
-                              limit=200)
     alive = float(p_alive(params, x, t_x, T))
-    return alive * value / math.exp(betaln(a, b + x))
+    log_norm = betaln(a, b + x)
+    if log_norm > -700:
+        value, _ = integrate.quad(per_p, 0.0, 1.0, weight="alg", wvar=(a - 1.0, b + x - 1.0),
+                                  limit=200)
+        return alive * value / math.exp(log_norm)
+    # Large a and b (a fit that makes the dropout probability nearly certain): the Beta
+    # weight and its normaliser both underflow. The expectation over p is then taken over
+    # the Beta's quantiles, E f(p) = int_0^1 f(Q(u)) du, where nothing underflows.
+    dist = stats.beta(a, b + x)
+    value, _ = integrate.quad(lambda u: per_p(float(dist.ppf(u))), 0.0, 1.0, limit=200)
+    return alive * value
 
 
 def expected_purchases(params: BGNBDParams, t: np.ndarray, x: np.ndarray, t_x: np.ndarray,

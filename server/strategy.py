@@ -99,6 +99,10 @@ class SiloFedAvg(FedAvg):
             spent = {k[3:]: float(v) for k, v in metrics.items() if k.startswith("dp-")}  # type: ignore[arg-type]
             if spent:
                 record.privacy[str(m.content["silo"]["name"])] = spent
+        # Replies arrive in whatever order the silos finish; summing in silo-name order makes
+        # the average the same bits every time (float addition is not associative).
+        replies = sorted(ok, key=lambda m: str(m.content["silo"]["name"])) + [
+            m for m in replies if m.has_error()]
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None and "train-loss" in metrics:
             record.train_loss = float(metrics["train-loss"])  # type: ignore[arg-type]
@@ -123,7 +127,8 @@ class SiloFedAvg(FedAvg):
                            ) -> MetricRecord | None:
         replies = list(replies)
         record = self.history[-1]
-        ok = [m for m in replies if not m.has_error()]
+        ok = sorted((m for m in replies if not m.has_error()),  # fixed order: same sums
+                    key=lambda m: str(m.content["silo"]["name"]))
         record.failures += len(replies) - len(ok)
         self._note_failures(record, replies)
         if ok:

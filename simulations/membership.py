@@ -24,15 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from fedprofile.client.features import SiloData
+from fedprofile.client.features import FEATURE_NAMES, SiloData
 from fedprofile.client.serving import load_propensity
 from fedprofile.models.metrics import log_losses
 from fedprofile.models.training import predict_proba
 
-from .mia import AttackResult, loss_threshold_attack
+from .canaries import is_canary
+from .mia import MIN_SCORES, AttackResult, loss_threshold_attack
 from .scenario import AuditViolation
 
-__all__ = ["AuditViolation", "MembershipData", "attack_model", "check_bounds", "control_verdict"]
+__all__ = ["ATTACKS", "AuditViolation", "MembershipData", "attack_model", "audit_sets",
+           "check_bounds", "control_verdict"]
+
+
+ATTACKS = ("canary", "population")
+"""The audits run on each model: planted canaries (:mod:`.canaries`), and real customers."""
 
 
 @dataclass(frozen=True)
@@ -45,14 +51,33 @@ class MembershipData:
     non_member_y: np.ndarray
 
     @classmethod
-    def of(cls, members: Sequence[SiloData], non_members: Sequence[SiloData]) -> MembershipData:
-        """Every silo's training snapshot (members) and every held-out store's (non-members)."""
-        if not non_members:
-            raise ValueError("the membership audit needs held-out customers ([silos] holdout > 0)")
-        return cls(np.concatenate([d.train.x for d in members]),
-                   np.concatenate([d.train.y for d in members]),
-                   np.concatenate([d.train.x for d in non_members]),
-                   np.concatenate([d.train.y for d in non_members]))
+    def of(cls, members: Sequence[SiloData], non_members: Sequence[SiloData],
+           canaries: bool) -> MembershipData:
+        """Training-snapshot rows of the silos (members) and of the held-out stores (non-members).
+
+        ``canaries``: only the planted canaries, else only real customers.
+        """
+        def rows(data: Sequence[SiloData]) -> tuple[np.ndarray, np.ndarray]:
+            x = np.concatenate([d.train.x for d in data])
+            y = np.concatenate([d.train.y for d in data])
+            keep = is_canary(x, FEATURE_NAMES) == canaries
+            return x[keep], y[keep]
+
+        (mx, my), (nx, ny) = rows(members), rows(non_members)
+        return cls(mx, my, nx, ny)
+
+    @property
+    def usable(self) -> bool:
+        """Enough of each side for the attack's calibration and evaluation halves."""
+        return min(len(self.member_y), len(self.non_member_y)) >= 2 * MIN_SCORES
+
+
+def audit_sets(members: Sequence[SiloData], non_members: Sequence[SiloData]
+               ) -> dict[str, MembershipData]:
+    """The membership data of each attack that has members and non-members to work on."""
+    sets = {kind: MembershipData.of(members, non_members, canaries=kind == "canary")
+            for kind in ATTACKS} if non_members else {}
+    return {kind: data for kind, data in sets.items() if data.usable}
 
 
 def attack_model(model_file: Path, data: MembershipData, *, delta: float, confidence: float,
@@ -68,22 +93,28 @@ def attack_model(model_file: Path, data: MembershipData, *, delta: float, confid
 def check_bounds(audits: Sequence[dict[str, Any]]) -> list[str]:
     """Each audited DP model whose empirical lower bound exceeds its accountant's epsilon.
 
-    ``audits`` are rows with ``epsilon`` (the planned level, None for no DP),
-    ``seed``, ``claimed_epsilon`` and ``epsilon_lower_bound``. Returns one line
-    per violation; an empty list means every claim survived the attack.
+    ``audits`` are rows with ``attack``, ``level``, ``seed``, ``confidence``,
+    ``claimed_epsilon`` and ``epsilon_lower_bound``. Returns one line per
+    violation; an empty list means every claim survived every attack.
     """
-    return [f"propensity model at {a['level']} (seed {a['seed']}): the attack proves "
-            f"epsilon >= {a['epsilon_lower_bound']:.3f} with {a['confidence']:.0%} confidence, "
-            f"but the accountant claims {a['claimed_epsilon']:.3f}"
+    return [f"propensity model at {a['level']} (seed {a['seed']}): the {a['attack']} attack "
+            f"proves epsilon >= {a['epsilon_lower_bound']:.3f} with {a['confidence']:.0%} "
+            f"confidence, but the accountant claims {a['claimed_epsilon']:.3f}"
             for a in audits
             if a["claimed_epsilon"] is not None
             and a["epsilon_lower_bound"] > a["claimed_epsilon"]]
 
 
 def control_verdict(audits: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Did the attack work against the non-private control? (Otherwise the audit is inconclusive.)"""
-    controls = [a for a in audits if a["epsilon"] is None]
+    """Did the strongest attack work against every non-private control? Else: inconclusive.
+
+    The strongest attack is the canary attack when canaries were planted (it
+    is built to work), else the attack on real customers.
+    """
+    kinds = {a["attack"] for a in audits}
+    kind = "canary" if "canary" in kinds else "population"
+    controls = [a for a in audits if a["epsilon"] is None and a["attack"] == kind]
     working = [a for a in controls if a["works"]]
-    return {"models": len(controls), "attack_works": len(working),
+    return {"attack": kind, "models": len(controls), "attack_works": len(working),
             "conclusive": bool(controls) and len(working) == len(controls),
             "best_auc": max((a["auc"] for a in controls), default=None)}

@@ -105,6 +105,8 @@ class SweepSection:
 @dataclass(frozen=True)
 class AuditSection:
     enabled: bool = True
+    canaries: int = 200
+    """Audit canaries planted per line, half of them (at random) in training."""
     confidence: float = 0.95
     low_fprs: tuple[float, ...] = (0.01, 0.001)
 
@@ -249,9 +251,10 @@ def _check(s: Scenario, where: _Locator) -> None:
     need(s.platform.customers >= 200, "platform", "customers", "must be at least 200")
     need(s.silos.count >= 3, "silos", "count", "must be at least 3 (one per business line)")
     need(0 <= s.silos.holdout <= 0.8, "silos", "holdout", "must be between 0 and 0.8")
-    need(not s.audit.enabled or s.silos.holdout >= 0.05, "silos", "holdout",
-         "must be at least 0.05 when [audit] is enabled: held-out customers are the "
-         "membership attack's non-members")
+    need(0 <= s.audit.canaries <= 5000, "audit", "canaries", "must be between 0 and 5000")
+    need(not s.audit.enabled or s.audit.canaries >= 20 or s.silos.holdout >= 0.05, "silos",
+         "holdout", "must be at least 0.05 when [audit] is enabled without canaries: held-out "
+         "customers are the membership attack's non-members")
     for model in s.training.models:
         need(model in MODELS, "training", "models", f"unknown model {model!r}; known: "
                                                     f"{', '.join(MODELS)}")

@@ -14,6 +14,7 @@ would), and ingests the held-out customers of each line into a store that is
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import shutil
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from pathlib import Path
 from fedprofile.client.ingest import ingest
 from fedprofile.privacy.keys import Secret
 from fedprofile.privacy.silo_keys import load_silo_keys
+
+from .canaries import Canaries, make_canaries
 
 TABLES = ("customers", "orders")
 
@@ -56,10 +59,14 @@ def _unit(seed: int, customer_id: str) -> float:
 
 
 def _write_parts(src: Path, parts: list[Path], holdout_dir: Path | None, holdout: float,
-                 seed: int) -> None:
-    """Route every row of ``src``'s tables to its shard's (or the holdout's) copy."""
+                 seed: int, canaries: Canaries | None = None) -> None:
+    """Route every row of ``src``'s tables (and the canaries') to its shard's or the holdout's copy."""
     def target(customer_id: str) -> int:
         u = _unit(seed, customer_id)
+        if canaries is not None and customer_id in canaries.member:
+            if not canaries.member[customer_id]:
+                return -1
+            return min(int(u * len(parts)), len(parts) - 1)
         if u < holdout:
             return -1
         return min(int((u - holdout) / (1 - holdout) * len(parts)), len(parts) - 1)
@@ -78,24 +85,34 @@ def _write_parts(src: Path, parts: list[Path], holdout_dir: Path | None, holdout
                     w.writerow(header)
                 for row in reader:
                     writers[target(row[key])].writerow(row)
+                planted = [] if canaries is None else (
+                    canaries.customers if table == "customers" else canaries.orders)
+                for record in planted:
+                    writers[target(record["customer_id"])].writerow([record[h] for h in header])
             finally:
                 for f in files:
                     f.close()
 
 
 def cut_platform(platform_dir: Path, out_dir: Path, silos: int, keyring: Path, secret: Secret,
-                 holdout: float = 0.0, seed: int = 0,
+                 holdout: float = 0.0, seed: int = 0, canaries: int = 0,
+                 train_time: dt.datetime | None = None, horizon_days: int = 30,
                  progress: Callable[[str], None] = lambda _m: None) -> Federation:
     """Split the platform's lines into ``silos`` stores under ``out_dir/silos``; hold out a share.
 
     ``holdout`` is the share of each line's customers kept out of every silo
     and ingested into ``out_dir/holdout/<line>`` instead. With as many silos
     as lines, each silo keeps its line's name; otherwise ``flights-03``.
+    ``canaries`` audit canaries per line (:mod:`.canaries`, modelled on the
+    training snapshot at ``train_time``) go to a random shard of their line
+    when drawn as members and to the line's held-out store otherwise.
     ``out_dir`` must not exist yet: a half-cut federation is never mistaken
     for a whole one (the work happens in ``out_dir.building``, renamed at the end).
     """
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout!r}")
+    if canaries and train_time is None:
+        raise ValueError("canaries need the training snapshot time (train_time)")
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists")
@@ -109,18 +126,23 @@ def cut_platform(platform_dir: Path, out_dir: Path, silos: int, keyring: Path, s
         n = counts[line]
         shard_names = [line] if n == 1 else [f"{line}-{k:02d}" for k in range(n)]
         parts = [staging / "src" / name for name in shard_names]
-        hold = staging / "src" / f"holdout-{line}" if holdout > 0 else None
+        hold = staging / "src" / f"holdout-{line}" if holdout > 0 or canaries else None
         for d in parts + ([hold] if hold is not None else []):
             d.mkdir(parents=True)
-        _write_parts(Path(platform_dir) / "silos" / line, parts, hold, holdout, seed)
+        source = Path(platform_dir) / "silos" / line
+        planted = (make_canaries(line, source, canaries, train_time, horizon_days, seed)
+                   if canaries and train_time is not None else None)
+        _write_parts(source, parts, hold, holdout, seed, planted)
         for name, part in zip(shard_names, parts):
             _ingest(part, staging / "silos" / name, name, keyring, secret)
             names.append(name)
         if hold is not None:
             _ingest(hold, staging / "holdout" / line, line, keyring, secret)
             holdout_names[line] = line
-        progress(f"  line {line}: {n} silo(s)" + (f", {holdout:.0%} of its customers held out"
-                                                 if holdout > 0 else ""))
+        progress(f"  line {line}: {n} silo(s)"
+                 + (f", {holdout:.0%} of its customers held out" if holdout > 0 else "")
+                 + (f", {canaries} audit canaries ({sum(planted.member.values())} planted)"
+                    if planted is not None else ""))
     shutil.rmtree(staging / "src")
     staging.rename(out_dir)
     return Federation(silos_dir=out_dir / "silos",

@@ -42,7 +42,7 @@ from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.privacy.ledger import ledger_key_from_file
 from fedprofile.server.app import METRICS_FILE, MODEL_FILE
 
-from .membership import MembershipData, attack_model, check_bounds, control_verdict
+from .membership import attack_model, audit_sets, check_bounds, control_verdict
 from .platform import PlatformConfig, generate_platform
 from .reidentification import breakdown_rows, evaluation_rows
 from .scenario import AuditViolation, Scenario
@@ -98,12 +98,16 @@ def _build(scenario: Scenario, work: Path, progress: Callable[[str], None]
                    initial_key=hashlib.sha256(f"fedprofile-simulate-{scenario.platform.seed}"
                                               .encode()).digest())
     progress(f"cutting it into {scenario.silos.count} silos")
+    as_of = platform.end + dt.timedelta(days=1)
+    horizon = TrainConfig().horizon_days
+    # the training snapshot the ClientApps use for data ending at as_of (features.snapshot_times)
+    train_time = dt.datetime.combine(as_of, dt.time()) - dt.timedelta(days=2 * horizon)
     federation = cut_platform(work / "platform", work / "federation", scenario.silos.count,
                               work / "keys" / "simulation.keyring", secret,
                               holdout=scenario.silos.holdout, seed=scenario.platform.seed,
-                              progress=progress)
-    as_of = (platform.end + dt.timedelta(days=1)).isoformat()
-    return federation, as_of, generate_key_file(work / "keys" / "ledger.key")
+                              canaries=scenario.audit.canaries if scenario.audit.enabled else 0,
+                              train_time=train_time, horizon_days=horizon, progress=progress)
+    return federation, as_of.isoformat(), generate_key_file(work / "keys" / "ledger.key")
 
 
 def _load(stores: list[Path], horizon_days: int, as_of: str) -> list:
@@ -201,20 +205,22 @@ def _audit(scenario: Scenario, federation: Federation, points: list[PointResult]
            progress: Callable[[str], None]) -> list[dict[str, Any]]:
     if not scenario.audit.enabled:
         return []
-    data = MembershipData.of(members, _load(list(federation.holdout.values()), horizon, as_of))
-    progress(f"membership-inference audit: {len(data.member_y):,} members, "
-             f"{len(data.non_member_y):,} held-out non-members")
+    sets = audit_sets(members, _load(list(federation.holdout.values()), horizon, as_of))
+    for kind, data in sets.items():
+        progress(f"membership-inference audit ({kind}): {len(data.member_y):,} members, "
+                 f"{len(data.non_member_y):,} non-members")
     audits = []
     for point in (p for p in points if p.model == "propensity"):
-        attack = attack_model(Path(point.run_dir) / MODEL_FILE, data, delta=scenario.dp.delta,
-                              confidence=scenario.audit.confidence,
-                              low_fprs=scenario.audit.low_fprs, seed=point.seed)
-        row = {"level": level_name(point.epsilon), "epsilon": point.epsilon, "seed": point.seed,
-               "claimed_epsilon": point.spent_epsilon, **attack.to_dict()}
-        audits.append(row)
-        progress(f"  {row['level']}, seed {point.seed}: attack AUC {attack.auc:.3f}, empirical "
-                 f"epsilon >= {attack.epsilon_lower_bound:.3f}"
-                 + (f" (accountant: {point.spent_epsilon:.3f})" if point.spent_epsilon else ""))
+        for kind, data in sets.items():
+            attack = attack_model(Path(point.run_dir) / MODEL_FILE, data, delta=scenario.dp.delta,
+                                  confidence=scenario.audit.confidence,
+                                  low_fprs=scenario.audit.low_fprs, seed=point.seed)
+            row = {"attack": kind, "level": level_name(point.epsilon), "epsilon": point.epsilon,
+                   "seed": point.seed, "claimed_epsilon": point.spent_epsilon, **attack.to_dict()}
+            audits.append(row)
+            progress(f"  {kind}, {row['level']}, seed {point.seed}: attack AUC {attack.auc:.3f}, "
+                     f"empirical epsilon >= {attack.epsilon_lower_bound:.3f}"
+                     + (f" (accountant: {point.spent_epsilon:.3f})" if point.spent_epsilon else ""))
     return audits
 
 
@@ -248,16 +254,18 @@ def plain_summary(results: dict[str, Any], scenario: Scenario) -> list[str]:
     audit = results.get("audit")
     if audit:
         private = [a for a in audit["models"] if a["epsilon"] is not None]
-        strongest = max((a["auc"] for a in private), default=None)
+        strongest = max(private, key=lambda a: a["auc"], default=None)
         control = audit["control"]
         if strongest is not None:
-            lines.append(f"The strongest attack tried (loss threshold) reaches AUC {strongest:.3f} "
-                         f"against the private models (0.5 = guessing) and AUC "
-                         f"{control['best_auc']:.3f} against the non-private control.")
-        lines.append("The attack works against the non-private control, so the audit is "
-                     "meaningful." if control["conclusive"] else
-                     "INCONCLUSIVE: the attack did not beat guessing against every non-private "
-                     "control, so a low score against the private models proves little.")
+            lines.append(f"The strongest attack tried ({strongest['attack']} loss threshold) "
+                         f"reaches AUC {strongest['auc']:.3f} against the private models (0.5 = "
+                         f"guessing; at {strongest['level']}), and the {control['attack']} attack "
+                         f"reaches AUC {control['best_auc']:.3f} against the non-private control.")
+        lines.append(f"The {control['attack']} attack works against the non-private control, so "
+                     "the audit is meaningful." if control["conclusive"] else
+                     f"INCONCLUSIVE: the {control['attack']} attack did not beat guessing against "
+                     "every non-private control, so a low score against the private models "
+                     "proves little.")
         lines.append("No empirical lower bound exceeds the accountant's epsilon." if not
                      audit["violations"] else "FAILED: " + "; ".join(audit["violations"]))
     flagged = [a for a in results["releases"]["artifacts"] if a["status"].startswith("below k")]

@@ -48,17 +48,30 @@ def plot_utility(rows: Sequence[dict[str, Any]], model: str, path: Path,
     return save_figure(fig, path)
 
 
+ATTACK_COLOURS = {"canary": "tab:red", "population": "tab:blue"}
+
+
 def plot_audit(audits: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Left: attack AUC per level. Right: empirical epsilon lower bound against the claim."""
+    """Left: attack AUC per level and attack. Right: empirical epsilon lower bounds and the claims."""
     epsilons = sorted({a["epsilon"] for a in audits if a["epsilon"] is not None})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    for a in audits:
-        x = _x(a["epsilon"], epsilons)
-        left.errorbar([x], [a["auc"]], yerr=[[a["auc"] - a["auc_ci"][0]], [a["auc_ci"][1] - a["auc"]]],
-                      marker="o", color="black" if a["epsilon"] is None else "tab:blue", capsize=3)
-        right.scatter([x], [a["epsilon_lower_bound"]], color="tab:red", zorder=3)
-        if a["claimed_epsilon"] is not None:
-            right.scatter([x], [a["claimed_epsilon"]], color="tab:blue", marker="_", s=300)
+    kinds = sorted({a["attack"] for a in audits})
+    for i, kind in enumerate(kinds):
+        colour = ATTACK_COLOURS.get(kind, "tab:green")
+        mine = [a for a in audits if a["attack"] == kind]
+        shift = 1 + 0.06 * (i - (len(kinds) - 1) / 2)  # side by side on the log axis
+        for j, a in enumerate(mine):
+            x = _x(a["epsilon"], epsilons) * shift
+            left.errorbar([x], [a["auc"]], yerr=[[a["auc"] - a["auc_ci"][0]],
+                                                 [a["auc_ci"][1] - a["auc"]]],
+                          marker="o", color=colour, capsize=3,
+                          label=f"{kind} attack" if j == 0 else None)
+            right.scatter([x], [a["epsilon_lower_bound"]], color=colour, zorder=3,
+                          label=f"{kind}: empirical lower bound" if j == 0 else None)
+    claims = {(a["epsilon"], a["claimed_epsilon"]) for a in audits if a["claimed_epsilon"] is not None}
+    for k, (eps, claim) in enumerate(sorted(claims)):
+        right.scatter([_x(eps, epsilons)], [claim], color="black", marker="_", s=400,
+                      label="accountant's epsilon" if k == 0 else None)
     ticks = epsilons + ([_x(None, epsilons)] if any(a["epsilon"] is None for a in audits) else [])
     labels = [f"{e:g}" for e in epsilons] + (["no DP"] if len(ticks) > len(epsilons) else [])
     for ax in (left, right):
@@ -67,13 +80,13 @@ def plot_audit(audits: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.set_xticks(ticks, labels)
         ax.set_xlabel("planned epsilon per customer")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     left.axhline(0.5, color="grey", linestyle=":")
     left.set_ylabel("membership attack AUC (held-out half)")
-    left.set_title("Loss-threshold attack (black: no-DP control)")
-    tops = [a["epsilon_lower_bound"] for a in audits] + [
-        a["claimed_epsilon"] for a in audits if a["claimed_epsilon"] is not None]
+    left.set_title("Loss-threshold attack: AUC and interval")
+    tops = [a["epsilon_lower_bound"] for a in audits] + [c for _, c in claims]
     right.set_ylim(-0.05 * max(tops + [1.0]), 1.15 * max(tops + [1.0]))
     right.set_ylabel("epsilon")
-    right.set_title("Empirical lower bound (red) vs accountant (blue)")
+    right.set_title("Empirical lower bounds vs the accountant")
     fig.tight_layout()
     return save_figure(fig, path)

@@ -75,14 +75,19 @@ def render(out_dir: Path, results: dict[str, Any]) -> str:
     audit = results.get("audit")
     if audit:
         control = audit["control"]
-        status = ("conclusive: the attack beats guessing against the non-private control"
-                  if control["conclusive"] else
-                  "INCONCLUSIVE: the attack does not beat guessing against the non-private control")
+        status = (f"conclusive: the {control['attack']} attack beats guessing against every "
+                  "non-private control" if control["conclusive"] else
+                  f"INCONCLUSIVE: the {control['attack']} attack does not beat guessing against "
+                  "every non-private control")
         fprs = sorted({f for a in audit["models"] for f in a["tpr_at_fpr"]}, key=float, reverse=True)
         parts += [
             "<h2>Empirical privacy audit (membership inference)</h2>",
-            "<p>Loss-threshold attack on each propensity model: members are the customers the "
-            "silos trained on, non-members customers of the same lines held out of every silo. "
+            "<p>Loss-threshold attack on each propensity model, twice. <b>canary</b>: planted "
+            "audit customers with coin-flip labels, each put into a silo's training data with "
+            "probability one half (the rest held out); a model fits a member canary only by "
+            "remembering it, so this attack is built to work against a non-private model. "
+            "<b>population</b>: real customers the silos trained on against customers of the "
+            "same lines held out of every silo. "
             "The threshold is chosen on one half of each group and measured on the other. The "
             "empirical epsilon lower bound uses Clopper-Pearson bounds on the attack's error "
             f"rates ({scenario['audit']['confidence']:.0%} confidence); it must never exceed the "
@@ -92,11 +97,11 @@ def render(out_dir: Path, results: dict[str, Any]) -> str:
             f"<p>Claims: <b class='{'bad' if audit['violations'] else 'ok'}'>"
             + (esc("; ".join(audit["violations"])) if audit["violations"] else
                "no empirical lower bound exceeds the accountant's epsilon") + "</b></p>",
-            html_table(["privacy", "seed", "attack AUC", "AUC interval"]
+            html_table(["attack", "privacy", "seed", "attack AUC", "AUC interval"]
                        + [f"TPR at FPR {f}" for f in fprs]
                        + ["empirical epsilon lower bound", "accountant epsilon",
                           "members / non-members (test half)"],
-                       [[a["level"], a["seed"], f"{a['auc']:.4f}",
+                       [[a["attack"], a["level"], a["seed"], f"{a['auc']:.4f}",
                          f"[{a['auc_ci'][0]:.3f}, {a['auc_ci'][1]:.3f}]"]
                         + [f"{a['tpr_at_fpr'].get(f, 0.0):.4f}" for f in fprs]
                         + [f"{a['epsilon_lower_bound']:.4f}", fmt_value(a["claimed_epsilon"]),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from fedprofile.client.features import SiloData
+from fedprofile.client.features import FEATURE_NAMES, SiloData
 from fedprofile.client.serving import load_propensity
 from fedprofile.config import TrainConfig
 from fedprofile.models.metrics import lift_at, roc_auc
@@ -27,6 +27,7 @@ from fedprofile.models.training import predict_proba
 from fedprofile.privacy.ledger import Ledger
 from fedprofile.server.app import MODEL_FILE
 
+from .canaries import is_canary
 from .scenario import Scenario
 from .training import run_training
 
@@ -108,11 +109,16 @@ def spent_epsilon(metrics: dict[str, Any]) -> float | None:
 
 
 def propensity_utility(model_file: Path, test_sets: Sequence[SiloData]) -> dict[str, float]:
-    """AUC and top-10% lift of a trained propensity model on every silo's test snapshot, pooled."""
+    """AUC and top-10% lift of a trained propensity model on every silo's test snapshot, pooled.
+
+    Audit canaries are left out: they are not customers, and their labels are coin flips.
+    """
     model = load_propensity(model_file)
+    x = np.concatenate([d.test.x for d in test_sets])
     y = np.concatenate([d.test.y for d in test_sets])
-    scores = predict_proba(model, np.concatenate([d.test.x for d in test_sets]))
-    return {"auc": roc_auc(y, scores), "lift@10%": lift_at(y, scores, 0.1)}
+    real = ~is_canary(x, FEATURE_NAMES)  # planted audit canaries are not customers to score
+    scores = predict_proba(model, x[real])
+    return {"auc": roc_auc(y[real], scores), "lift@10%": lift_at(y[real], scores, 0.1)}
 
 
 def run_point(cfg: TrainConfig, test_sets: Sequence[SiloData],

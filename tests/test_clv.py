@@ -9,7 +9,7 @@ import pytest
 from scipy import integrate, stats
 
 from fedprofile.models.clv import (MIN_REPEAT_BUYERS, BGNBDParams, CLVFitError,
-                                   GammaGammaParams, _integral_purchases,
+                                   GammaGammaParams, _integral_purchases, p_alive,
                                    bgnbd_log_likelihood, clv, discounted_purchases,
                                    expected_purchases, expected_spend, fit_bgnbd,
                                    fit_gamma_gamma, gamma_gamma_log_likelihood, p_alive,
@@ -156,6 +156,18 @@ def test_expected_purchases_against_50_digit_arithmetic() -> None:
         assert got == pytest.approx(want, rel=1e-7), (params, t, x, t_x, T)
         # The independent route (quadrature over the dropout probability) agrees too.
         assert _integral_purchases(params, t, x, t_x, T) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_integral_route_survives_a_beta_weight_that_underflows() -> None:
+    """A degenerate fit (a, b in the hundreds) made B(a, b + x) underflow: 0/0 before."""
+    params = BGNBDParams(0.5, 10.0, 800.0, 900.0)
+    got = _integral_purchases(params, 365.0, 5, 100.0, 120.0)
+    # p is then almost surely a / (a + b + x): the inner expectation at that point
+    p = 800.0 / 1705.0
+    k, c = 0.5 + 5, 365.0 / (10.0 + 120.0)
+    inner = -math.expm1(-k * math.log1p(c * p)) / p
+    alive = float(p_alive(params, 5, 100.0, 120.0))
+    assert math.isfinite(got) and got == pytest.approx(alive * inner, rel=1e-3)
 
 
 def test_expected_purchases_shape_and_the_a_equals_one_point() -> None:

@@ -70,16 +70,16 @@ def test_lift_and_per_example_losses_by_hand() -> None:
 
 
 def test_audit_verdicts() -> None:
-    rows = [{"level": "no-dp", "epsilon": None, "seed": 0, "claimed_epsilon": None,
+    rows = [{"attack": "canary", "level": "no-dp", "epsilon": None, "seed": 0, "claimed_epsilon": None,
              "epsilon_lower_bound": 0.4, "confidence": 0.95, "works": True, "auc": 0.6},
-            {"level": "eps-1", "epsilon": 1.0, "seed": 0, "claimed_epsilon": 0.9,
+            {"attack": "canary", "level": "eps-1", "epsilon": 1.0, "seed": 0, "claimed_epsilon": 0.9,
              "epsilon_lower_bound": 0.2, "confidence": 0.95, "works": False, "auc": 0.51}]
     assert check_bounds(rows) == []
     rows[1]["epsilon_lower_bound"] = 1.3
     [violation] = check_bounds(rows)
     assert "epsilon >= 1.300" in violation and "claims 0.900" in violation
-    assert control_verdict(rows) == {"models": 1, "attack_works": 1, "conclusive": True,
-                                     "best_auc": 0.6}
+    assert control_verdict(rows) == {"attack": "canary", "models": 1, "attack_works": 1,
+                                     "conclusive": True, "best_auc": 0.6}
     rows[0]["works"] = False
     assert control_verdict(rows)["conclusive"] is False
 
@@ -131,3 +131,35 @@ def test_simulated_noise_is_reproducible_per_silo_and_round_and_random_otherwise
     monkeypatch.setenv(SIMULATION_NOISE_SEED_ENV, "scenario-7")
     assert first != seeds(x, 0)
     assert torch.Generator().manual_seed(seeds(x, 0)[0]).initial_seed() == seeds(x, 0)[0]
+
+
+def test_canaries_are_planted_half_in_training_with_coin_flip_labels(
+        platform_dir: Path, domain, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from fedprofile.client.features import FEATURE_NAMES, load_silo_data
+    from fedprofile.simulations.canaries import is_canary
+
+    as_of = dt.date(2026, 1, 1)
+    train_time = dt.datetime(2025, 11, 2)  # as_of minus two 30-day horizons
+    fed = cut_platform(platform_dir, tmp_path / "fed", 3, domain.keyring, domain.secret,
+                       holdout=0.0, seed=5, canaries=120, train_time=train_time, horizon_days=30)
+    planted = held = 0
+    labels = []
+    for path in fed.silos:
+        with SiloStore.open(path) as store:
+            data = load_silo_data(store, 30, as_of.isoformat())
+        canary = is_canary(data.train.x, FEATURE_NAMES)
+        planted += int(canary.sum())
+        labels += list(data.train.y[canary])
+        # real customers never sit in the canaries' region
+        with SiloStore.open(path) as store:
+            provinces = set(store.customer_arrays().province)
+        assert (canary.sum() > 0) and ("Audit canary" in provinces)
+    for path in fed.holdout.values():
+        with SiloStore.open(path) as store:
+            data = load_silo_data(store, 30, as_of.isoformat())
+        held += int(is_canary(data.train.x, FEATURE_NAMES).sum())
+        assert is_canary(data.train.x, FEATURE_NAMES).all()  # holdout 0: canaries only
+    assert planted + held == 360 and 0.4 < planted / 360 < 0.6
+    assert 0.35 < float(np.mean(labels)) < 0.65  # coin-flip labels, not the base rate (~0.1)
