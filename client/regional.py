@@ -56,6 +56,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.common.logger import log
 
 from fedprofile.files import atomic_write_text
+from fedprofile.models.dp import noise_rng
 from fedprofile.privacy.accounting import noise_for_target
 
 from .interactions import Interactions, encode_codes, load_interactions
@@ -239,7 +240,8 @@ def counts_reply(msg: Message, context: Context) -> Message:
     max_items = int(config["regional-max-items"])
     exact = region_counts(inter, regions, items, max_items)
     # OS entropy, never a seed the server knows: otherwise it could subtract the noise.
-    noisy = privatize(exact, dp_plan.noise_multiplier, max_items, np.random.default_rng())
+    noisy = privatize(exact, dp_plan.noise_multiplier, max_items,
+                      noise_rng(inter.name, "regional", *regions, *items))
     return Message(content=RecordDict({
         "counts": ArrayRecord({"items": Array(noisy.items), "customers": Array(noisy.customers)}),
         "silo": ConfigRecord({"name": inter.name})}), reply_to=msg)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from fedprofile.models.dp import noise_rng
 from fedprofile.models.kmeans import kmeans_privacy_steps, local_stats, noise_for_kmeans_target, privatize
 
 from .node import DPPlan, cached_interactions, gaussian_plan, silo_and_stamp
@@ -82,7 +83,7 @@ def stats_reply(msg: Message, context: Context) -> Message:
     sigma = segment_plan(name, len(vectors), config).noise_multiplier
     # OS entropy, never a seed the server knows: otherwise it could subtract the noise.
     stats = privatize(local_stats(vectors, centroids, CLIP_NORM), sigma, CLIP_NORM,
-                      np.random.default_rng())
+                      noise_rng(name, np.ascontiguousarray(centroids).tobytes()))
     content = RecordDict({
         "stats": ArrayRecord({"sums": Array(stats.sums.astype(np.float64)),
                               "counts": Array(stats.counts.astype(np.float64))}),

@@ -112,6 +112,14 @@ SIMULATION_NOISE_SEED_ENV = "FEDPROFILE_SIMULATION_NOISE_SEED"
 """Set only by ``fedprofile simulate`` on synthetic data: makes DP noise reproducible."""
 
 
+def _simulation_digest() -> hashlib.blake2b | None:
+    """A keyed digest for simulation noise seeds, or None outside a simulation."""
+    secret = os.environ.get(SIMULATION_NOISE_SEED_ENV, "")
+    if not secret:
+        return None
+    return hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(), digest_size=16)
+
+
 def noise_seeds(loader: DataLoader) -> tuple[int, int]:
     """Seeds of the noise and of the Poisson sampling: OS entropy, unless simulating.
 
@@ -123,10 +131,9 @@ def noise_seeds(loader: DataLoader) -> tuple[int, int]:
     itself, so two silos never draw the same noise (the server could cancel
     it by subtracting their updates) and rounds never repeat noise.
     """
-    secret = os.environ.get(SIMULATION_NOISE_SEED_ENV, "")
-    if not secret:
+    digest = _simulation_digest()
+    if digest is None:
         return secrets.randbits(63), secrets.randbits(63)
-    digest = hashlib.blake2b(key=hashlib.sha256(secret.encode()).digest(), digest_size=16)
     generator = getattr(loader, "generator", None)
     digest.update(str(generator.initial_seed() if generator is not None else 0).encode())
     dataset = loader.dataset
@@ -139,6 +146,23 @@ def noise_seeds(loader: DataLoader) -> tuple[int, int]:
         raise TypeError(f"cannot fingerprint a {type(dataset).__name__} for reproducible noise")
     value = int.from_bytes(digest.digest(), "big")
     return value & (2**63 - 1), (value >> 64) & (2**63 - 1)
+
+
+def noise_rng(*parts: bytes | str) -> np.random.Generator:
+    """The generator of a Gaussian mechanism's noise (segment statistics, regional counts).
+
+    OS entropy, never a seed the server knows (it could subtract the noise);
+    in a simulation (:func:`noise_seeds`), a keyed hash of ``parts``, which
+    must tell this silo's release apart from every other (its name and what
+    it releases).
+    """
+    digest = _simulation_digest()
+    if digest is None:
+        return np.random.default_rng()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else part.encode())
+        digest.update(b"|")
+    return np.random.default_rng(int.from_bytes(digest.digest(), "big"))
 
 
 def make_private(model: nn.Module, optimiser: torch.optim.Optimizer, loader: DataLoader,

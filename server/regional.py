@@ -201,7 +201,7 @@ def run_regional(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -> di
             budget.spent = {silo: spent(float(r.params["noise_multiplier"]), cfg.dp_delta,
                                         cfg.regional_max_items)
                             for silo, r in budget.reservations.items()} if sent else {}
-    total = sum(per_silo.values(), RegionCounts(np.zeros((len(agreed.regions), len(agreed.items))),
+    total = sum((per_silo[s] for s in sorted(per_silo)), RegionCounts(np.zeros((len(agreed.regions), len(agreed.items))),
                                                 np.zeros(len(agreed.regions))))
     report = regional_report(total, agreed, cfg.regional_top_k, cfg.regional_k_min)
     delta_l2 = sensitivity(cfg.regional_max_items)

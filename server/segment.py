@@ -95,7 +95,7 @@ def run_segmentation(grid: Grid, run_id: str, cfg: TrainConfig, run_dir: Path) -
             for iteration in range(1, cfg.segment_iterations + 1):
                 sent += 1
                 per_silo = _release(grid, nodes, centroids, config, cfg.round_timeout)
-                total = merge(list(per_silo.values()))
+                total = merge([per_silo[s] for s in sorted(per_silo)])  # same sums every run
                 moved = update_centroids(total, centroids, floor)
                 shift = float(np.abs(moved - centroids).max())
                 # Sizes per iteration are not kept: only the final report's

@@ -1,10 +1,13 @@
 """Re-identification risk of what leaves a silo in a simulation, artifact by artifact.
 
-Two kinds of artifact leave a silo in a simulated rollout:
+Three kinds of artifact leave a silo in a simulated rollout:
 
 * the customer breakdown a line would hand marketers or partners (counts by
   region, age band and tier): released through k-anonymous suppression, and
   reported with its smallest group before and after suppression;
+* the DP segment report a federated segmentation releases (sizes per segment
+  and per silo, already suppressed under ``k_min`` by
+  :func:`fedprofile.client.segments.segment_report`);
 * what each training run releases per silo to the server, which is then in
   every metrics file: test-set sizes and positives per silo. These are
   published as they are; the audit flags any that is a group under ``k_min``
@@ -55,4 +58,26 @@ def evaluation_rows(metrics: dict[str, Any], k_min: int, run: str) -> list[dict[
                     "suppressed_customers": 0,
                     "status": ("below k: " + ", ".join(check["below_k"]) if check["below_k"]
                                else "no small group")})
+    return out
+
+
+def segment_rows(report: dict[str, Any], k_min: int) -> list[dict[str, Any]]:
+    """The segment report's released sizes (per segment, and per silo in each), checked."""
+    sizes = [r["size"] for r in report["segments"]]
+    cells = [v for r in report["segments"] for v in r["per_silo"].values()]
+    out = []
+    for what, values, suppressed in (
+            ("segment sizes", sizes, report["suppressed_segments"]),
+            ("segment sizes per silo", cells, report["suppressed_cells"])):
+        shown = [int(v) for v in values if v is not None]
+        check = release_check({str(i): v for i, v in enumerate(shown)}, k_min)
+        out.append({"artifact": f"DP segment report: {what}", "released_to": "marketers",
+                    "quasi_identifiers": "segment" + ("/silo" if "silo" in what else ""),
+                    "k_min": k_min, "groups": check["groups"],
+                    "smallest_group_before": None,
+                    "smallest_group_released": check["smallest_group"],
+                    "k_anonymity": check["smallest_group"], "suppressed_groups": suppressed,
+                    "suppressed_customers": None,
+                    "status": ("below k: " + ", ".join(check["below_k"]) if check["below_k"]
+                               else "suppressed below k" if suppressed else "no small group")})
     return out

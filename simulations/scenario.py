@@ -114,6 +114,9 @@ class AuditSection:
 @dataclass(frozen=True)
 class ReleaseSection:
     k_min: int = 10
+    segments: bool = True
+    """Also run a DP segmentation and check the segment report it releases."""
+    segment_epsilon: float = 1.0
     quasi_identifiers: tuple[str, ...] = QUASI_IDENTIFIERS
 
 
@@ -274,6 +277,7 @@ def _check(s: Scenario, where: _Locator) -> None:
          "enabled", "the audit attacks the propensity models and needs the no-DP control: "
                     "set [dp] no_dp = true and train \"propensity\"")
     need(s.release.k_min >= 2, "release", "k_min", "must be at least 2")
+    need(0 < s.release.segment_epsilon <= 100, "release", "segment_epsilon", "must be in (0, 100]")
     for qi in s.release.quasi_identifiers:
         need(qi in QUASI_IDENTIFIERS, "release", "quasi_identifiers",
              f"unknown quasi-identifier {qi!r}; known: {', '.join(QUASI_IDENTIFIERS)}")

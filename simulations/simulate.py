@@ -44,8 +44,9 @@ from fedprofile.server.app import METRICS_FILE, MODEL_FILE
 
 from .membership import attack_model, audit_sets, check_bounds, control_verdict
 from .platform import PlatformConfig, generate_platform
-from .reidentification import breakdown_rows, evaluation_rows
+from .reidentification import breakdown_rows, evaluation_rows, segment_rows
 from .scenario import AuditViolation, Scenario
+from .segment_run import run_segment_job
 from .shards import Federation, cut_platform
 from .simulation_plots import plot_audit, plot_utility
 from .simulation_report import write_report
@@ -163,9 +164,11 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Callable[[str], No
                      if point.spent_epsilon is not None else "")
             progress(f"        {shown}{spent} ({point.seconds:.0f}s)")
 
+        # the segmentation's noise too: the segment report is part of the results
+        releases = _releases(scenario, federation, points, as_of, ledger_key_file, out_dir,
+                             progress)
     audits = _audit(scenario, federation, points, members, horizon, as_of, progress)
     violations = check_bounds(audits)
-    releases = _releases(scenario, federation, points, as_of, progress)
     rows = summarize(points, scenario.sweep.confidence)
     kept = [smallest_epsilon_within(rows, model, UTILITY[model][0], scenario.sweep.tolerance)
             for model in scenario.training.models]
@@ -224,12 +227,36 @@ def _audit(scenario: Scenario, federation: Federation, points: list[PointResult]
     return audits
 
 
+def _segment_report(scenario: Scenario, federation: Federation, as_of: str,
+                    ledger_key_file: Path, out_dir: Path,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    """A DP segmentation over the silos (its own capped ledger); returns its released report."""
+    where = out_dir / "points" / "segmentation"
+    where.mkdir(parents=True)
+    eps = scenario.release.segment_epsilon
+    ledger = point_ledger(where / "ledger.sqlite", ledger_key_from_file(ledger_key_file),
+                          [s.name for s in federation.silos], "segmentation", eps,
+                          scenario.dp.delta)
+    cfg = TrainConfig(silos_dir=str(federation.silos_dir), workspace=str(where),
+                      run_dir=str(where / "run"), as_of=as_of, seed=scenario.seeds[0],
+                      min_silos=scenario.silos.count, dp=True, dp_target_epsilon=eps,
+                      dp_delta=scenario.dp.delta, segment_k_min=scenario.release.k_min,
+                      ledger=str(ledger), ledger_key_file=str(ledger_key_file))
+    progress(f"  DP segmentation (epsilon {eps:g}) for its segment report")
+    result = run_segment_job(cfg, progress=lambda _m: None, reference=False)
+    return result["report"]
+
+
 def _releases(scenario: Scenario, federation: Federation, points: list[PointResult], as_of: str,
+              ledger_key_file: Path, out_dir: Path,
               progress: Callable[[str], None]) -> dict[str, Any]:
     k = scenario.release.k_min
     progress(f"re-identification check of released artifacts (k = {k})")
     rows, tables = breakdown_rows(list(federation.silos), scenario.release.quasi_identifiers, k,
                                   as_of)
+    if scenario.release.segments:
+        rows += segment_rows(_segment_report(scenario, federation, as_of, ledger_key_file, out_dir,
+                                             progress), k)
     for point in points:
         if point.epsilon is None and point.seed == scenario.seeds[0]:
             metrics = json.loads((Path(point.run_dir) / METRICS_FILE).read_text())
@@ -270,8 +297,8 @@ def plain_summary(results: dict[str, Any], scenario: Scenario) -> list[str]:
                      audit["violations"] else "FAILED: " + "; ".join(audit["violations"]))
     flagged = [a for a in results["releases"]["artifacts"] if a["status"].startswith("below k")]
     suppressed = sum(a["suppressed_groups"] for a in results["releases"]["artifacts"])
-    lines.append(f"Released artifacts: {suppressed} small group(s) suppressed in customer "
-                 f"breakdowns (k = {results['releases']['k_min']}); "
+    lines.append(f"Released artifacts: {suppressed} small group(s) withheld from released "
+                 f"tables (k = {results['releases']['k_min']}); "
                  + (f"{len(flagged)} artifact(s) publish a group under k: "
                     + "; ".join(a["artifact"] for a in flagged) if flagged
                     else "no published group under k."))

@@ -113,14 +113,17 @@ def render(out_dir: Path, results: dict[str, Any]) -> str:
     parts += [
         "<h2>Re-identification risk of released artifacts</h2>",
         f"<p>Groups under k = {releases['k_min']} customers are withheld from customer "
-        "breakdowns (and one more group when the withheld total could be recovered from the "
-        "published total). k-anonymity is the smallest group a released table shows.</p>",
+        "breakdowns and segment reports (and one more group when the withheld total could be "
+        "recovered from the published total). k-anonymity is the smallest group a released "
+        "table shows. Segment sizes carry DP noise. Per-silo evaluation counts are sent to the "
+        "server as they are; a row marked \"below k\" names a silo whose count describes "
+        "fewer than k customers.</p>",
         html_table(["artifact", "released to", "grouped by", "groups shown",
                     "smallest group released", "k-anonymity", "suppressed groups",
                     "customers in suppressed groups", "status"],
                    [[a["artifact"], a["released_to"], a["quasi_identifiers"], a["groups"],
                      fmt_value(a["smallest_group_released"]), fmt_value(a["k_anonymity"]),
-                     a["suppressed_groups"], a["suppressed_customers"], a["status"]]
+                     a["suppressed_groups"], fmt_value(a["suppressed_customers"]), a["status"]]
                     for a in releases["artifacts"]]),
         "</body></html>",
     ]

@@ -163,3 +163,15 @@ def test_canaries_are_planted_half_in_training_with_coin_flip_labels(
         assert is_canary(data.train.x, FEATURE_NAMES).all()  # holdout 0: canaries only
     assert planted + held == 360 and 0.4 < planted / 360 < 0.6
     assert 0.35 < float(np.mean(labels)) < 0.65  # coin-flip labels, not the base rate (~0.1)
+
+
+def test_simulated_mechanism_noise_is_keyed_by_what_is_released(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedprofile.models.dp import noise_rng
+
+    monkeypatch.delenv(SIMULATION_NOISE_SEED_ENV, raising=False)
+    assert noise_rng("flights", b"c").normal() != noise_rng("flights", b"c").normal()
+    monkeypatch.setenv(SIMULATION_NOISE_SEED_ENV, "scenario-7")
+    assert noise_rng("flights", b"c").normal() == noise_rng("flights", b"c").normal()
+    assert noise_rng("flights", b"c").normal() != noise_rng("hotels", b"c").normal()
+    assert noise_rng("flights", b"c").normal() != noise_rng("flights", b"d").normal()
