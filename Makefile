@@ -31,7 +31,7 @@ browser:
 	  else echo "the audit-report test needs Debian's chromium: sudo apt-get install chromium"; fi; }
 
 test: $(VENV)/.installed browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,18 +1,21 @@
 """The membership-inference audit of trained propensity models (simulation only).
 
-Members are the customers each silo trained on; non-members are customers of
-the same lines, from the same population and snapshot date, that the
-simulation held out of every silo (:mod:`.shards`). The attack scores each
-customer by minus the model's loss on their training example (a model that
-memorised its members fits them better), picks its threshold on one half of
-each group and is measured on the other (:mod:`.mia`).
+Two sets of members and non-members are attacked. Canaries (:mod:`.canaries`):
+planted customers with coin-flip labels, each in training with probability
+one half; a model fits a member canary only by remembering it, so this attack
+is built to work against a non-private model. And the population: customers
+each silo trained on against customers of the same lines, population and
+snapshot date that the simulation held out of every silo (:mod:`.shards`).
+The attack scores each by minus the model's loss on its training example,
+picks its threshold on one half of each group and is measured on the other
+(:mod:`.mia`).
 
 Against a DP model the attack's empirical epsilon lower bound must stay at or
 below the accountant's epsilon: a bound above it is proof that the claimed
 guarantee does not hold (a bug in the accounting, the clipping or the noise),
 so :func:`check_bounds` fails loudly. Against the non-private control the
-attack must work; otherwise a low attack score against the private models
-proves nothing.
+canary attack must work; otherwise a low attack score against the private
+models proves nothing.
 """
 
 from __future__ import annotations

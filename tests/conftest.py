@@ -107,3 +107,15 @@ def workspace_ledger(workspace: Path, caps: dict[str, float], purpose: str) -> P
 
 def open_ledger(path: Path) -> Ledger:
     return Ledger.open(path, ledger_key_from_file(path.with_name("ledger.key")))
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with Ctrl-C (SIGINT).
+
+    A test runner started in the background (``make test &``, some CI
+    shells) ignores SIGINT, and children inherit that, so the interrupted
+    program would never see the Ctrl-C the test sends. Restore the default.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

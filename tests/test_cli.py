@@ -12,7 +12,7 @@ import pytest
 
 from fedprofile.cli import EXIT_INPUT, main
 
-from .conftest import Domain, flower_processes
+from .conftest import Domain, default_sigint, flower_processes
 
 FEDPROFILE = [sys.executable, "-m", "fedprofile"]
 
@@ -134,7 +134,8 @@ def test_ctrl_c_during_training_leaves_no_process(silos_dir: Path, tmp_path: Pat
     env = {**os.environ, "FEDPROFILE_HOME": str(tmp_path)}
     proc = subprocess.Popen([*FEDPROFILE, "train", "--silos-dir", str(silos_dir), "--rounds", "50",
                              "--run-dir", str(tmp_path / "run")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=default_sigint)
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 240

@@ -17,7 +17,7 @@ from fedprofile.privacy.credentials import make_supernode_key, make_tls
 from fedprofile.server.deployment import LocalDeployment
 from fedprofile.simulations.training import run_training
 
-from .conftest import Domain, flower_processes
+from .conftest import Domain, default_sigint, flower_processes
 
 
 def test_tls_files_chain_to_the_ca_and_name_the_hosts(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_ctrl_c_during_deploy_run_stops_every_process(silos_dir: Path, domain: D
                "--rounds", "5", "--set", "silo-alone=false",
                "--set", f"key-file={domain.secret.path}"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ,
+                            start_new_session=True, preexec_fn=default_sigint, env={**os.environ,
                                                          "FEDPROFILE_HOME": str(tmp_path)})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)

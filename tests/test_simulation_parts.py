@@ -175,3 +175,18 @@ def test_simulated_mechanism_noise_is_keyed_by_what_is_released(
     assert noise_rng("flights", b"c").normal() == noise_rng("flights", b"c").normal()
     assert noise_rng("flights", b"c").normal() != noise_rng("hotels", b"c").normal()
     assert noise_rng("flights", b"c").normal() != noise_rng("flights", b"d").normal()
+
+
+def test_segment_report_rows_check_what_the_report_shows() -> None:
+    from fedprofile.simulations.reidentification import segment_rows
+
+    report = {"suppressed_segments": 1, "suppressed_cells": 4, "segments": [
+        {"size": 120, "per_silo": {"a": 70, "b": 50}},
+        {"size": None, "per_silo": {"a": None, "b": None}},
+        {"size": 40, "per_silo": {"a": 33, "b": 7}},  # 7: a cell the report failed to withhold
+    ]}
+    sizes, cells = segment_rows(report, k_min=10)
+    assert sizes["groups"] == 2 and sizes["smallest_group_released"] == 40
+    assert sizes["status"] == "suppressed below k" and sizes["suppressed_groups"] == 1
+    assert cells["groups"] == 4 and cells["smallest_group_released"] == 7
+    assert cells["status"].startswith("below k")
