@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from fedprofile import __version__
-from fedprofile.config import ConfigError, TrainConfig, default_workspace
+from fedprofile.config import DEFAULT_K_MIN, ConfigError, TrainConfig, default_workspace
 
 EXIT_INPUT = 2  # bad input or configuration: nothing was changed
 EXIT_RUNTIME = 1  # something failed while running
@@ -410,7 +410,8 @@ def cmd_campaign_simulate(args: argparse.Namespace) -> int:
     silo_dir = Path(args.silo_dir).expanduser()
     out = Path(args.out).expanduser() if args.out else silo_dir.parent.parent / "campaigns" / args.id
     result = simulate_campaign(Path(args.platform).expanduser(), _silo_keys(args, silo_dir),
-                               args.id, out, line=args.line, seed=args.seed)
+                               args.id, out, line=args.line, seed=args.seed,
+                               k_min=args.k_min)
     _progress((out / "campaign-report.txt").read_text().rstrip())
     truth = result["ground_truth"]
     _progress(f"ground truth (simulation only): true lift {truth['true_lift']:+.4f}; the "
@@ -814,6 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", required=True, help="the generated platform directory")
     p.add_argument("--line", help="line whose orders count as conversions (default: the silo's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k-min", type=int, default=DEFAULT_K_MIN,
+                   help="the report by offer withholds groups under this many customers "
+                        f"(default {DEFAULT_K_MIN})")
     p.add_argument("--out", help="report directory (default: <workspace>/campaigns/<id>)")
     _add_key_options(p)
     p.set_defaults(func=cmd_campaign_simulate)

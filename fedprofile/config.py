@@ -22,6 +22,8 @@ MODELS = ("propensity", "recommender")
 DEFAULT_PURPOSE = {"propensity": "propensity-training", "recommender": "recommendation-training"}
 PSI_MODES = ("intersection", "cardinality")
 PSI_SELECTIONS = ("all", "international-flyers")
+DEFAULT_K_MIN = 10
+"""Fewest customers a released group may describe (segment reports, regional counts, breakdowns)."""
 
 
 class ConfigError(ValueError):
@@ -73,10 +75,10 @@ class TrainConfig:
     rec_min_customers: int = 5
     segments: int = 6
     segment_iterations: int = 8
-    segment_k_min: int = 10
+    segment_k_min: int = DEFAULT_K_MIN
     regional_top_k: int = 10
     regional_max_items: int = 3
-    regional_k_min: int = 10
+    regional_k_min: int = DEFAULT_K_MIN
     joint_label_silo: str = "datapacks"
     joint_feature_silos: str = "flights"
     joint_horizon_days: int = 30

@@ -75,6 +75,7 @@ from fedprofile.client.store import SiloStore
 from fedprofile.privacy.silo_keys import SiloKeys
 
 from . import geography as geo
+from .shards import silo_line
 # The generator's own lead-time pmfs, season weights and night model: the response
 # model must use exactly these to agree with the orders it generated.
 from .platform import (
@@ -226,14 +227,14 @@ def audience_persons(truth: GroundTruth, keys: SiloKeys, pseudonyms: Sequence[st
     silo's identity key (``keys``, from :func:`fedprofile.privacy.silo_keys.
     load_silo_keys`) and joins them to the generator's accounts, which is
     exactly the re-identification a production job must never do. ``line``
-    defaults to the silo's name.
+    defaults to the silo's line (its name, less a shard suffix such as ``-03``).
     """
     if keys.identity_key is None:
         raise ValueError(f"silo {keys.silo_dir} keeps no raw identifiers; its audience cannot "
                          "be mapped to ground-truth persons")
     wanted = list(pseudonyms)
     with SiloStore.open(keys.silo_dir) as store:
-        line = line or store.name
+        line = line or silo_line(store.name)
         sealed = dict(store.execute("SELECT customer_key, sealed FROM identities").fetchall())
     if line not in KNOWN_LINES:
         raise ValueError(f"unknown line {line!r}; known: {', '.join(KNOWN_LINES)}")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fedprofile.config import MODELS
+from fedprofile.config import DEFAULT_K_MIN, MODELS
 
 QUASI_IDENTIFIERS = ("region", "age_band", "tier")
 """What a breakdown release may group customers by (all three are quasi-identifiers)."""
@@ -113,11 +113,13 @@ class AuditSection:
 
 @dataclass(frozen=True)
 class ReleaseSection:
-    k_min: int = 10
+    k_min: int = DEFAULT_K_MIN
     segments: bool = True
     """Also run a DP segmentation and check the segment report it releases."""
     segment_epsilon: float = 1.0
     quasi_identifiers: tuple[str, ...] = QUASI_IDENTIFIERS
+    campaigns: bool = True
+    """Also run marketing cases 1 (PSI, A/B test played out) and 2 (tier plans); check their releases."""
 
 
 SECTIONS = {"platform": PlatformSection, "silos": SilosSection, "training": TrainingSection,

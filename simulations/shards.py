@@ -40,6 +40,16 @@ class Federation:
     """Line -> the store of that line's held-out customers (empty when none were held out)."""
 
 
+def silo_line(silo_name: str) -> str:
+    """The business line a silo of a cut platform serves: ``flights-03`` -> ``flights``.
+
+    >>> silo_line("flights-03"), silo_line("hotels")
+    ('flights', 'hotels')
+    """
+    base, _, index = silo_name.rpartition("-")
+    return base if base and index.isdigit() else silo_name
+
+
 def shard_counts(lines: list[str], silos: int) -> dict[str, int]:
     """How many silos each line becomes: ``silos`` spread as evenly as possible, in line order.
 

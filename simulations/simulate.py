@@ -7,7 +7,8 @@ The stages, in order (each shows progress):
 2. the privacy-utility sweep: every model at every privacy level and seed, a
    real federated run each (:mod:`.sweep`);
 3. the membership-inference audit of every propensity model (:mod:`.membership`);
-4. the re-identification check of what leaves the silos (:mod:`.reidentification`);
+4. the re-identification check of what leaves the silos (:mod:`.reidentification`),
+   the marketing cases' audiences and campaigns included (:mod:`.case_releases`);
 5. ``results.json``, CSV tables, plots and ``report.html`` (:mod:`.simulation_report`).
 
 ``results.json`` holds only numbers that follow from the scenario (no times,
@@ -42,6 +43,7 @@ from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.privacy.ledger import ledger_key_from_file
 from fedprofile.server.app import METRICS_FILE, MODEL_FILE
 
+from .case_releases import case_release_rows
 from .membership import attack_model, audit_sets, check_bounds, control_verdict
 from .platform import PlatformConfig, generate_platform
 from .reidentification import breakdown_rows, evaluation_rows, segment_rows
@@ -54,6 +56,8 @@ from .sweep import (UTILITY, PointResult, level_name, point_config, point_ledger
                     smallest_epsilon_within, summarize)
 
 RESULTS_FILE = "results.json"
+KEY_FILE = "simulation.key"
+KEYRING_FILE = "simulation.keyring"
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,11 @@ def _build(scenario: Scenario, work: Path, progress: Callable[[str], None]
     progress(f"generating the platform: {platform.n_customers:,} people, lines "
              f"{', '.join(platform.lines)}")
     generate_platform(platform, work / "platform")
-    key_file = generate_key_file(work / "keys" / "simulation.key")
+    key_file = generate_key_file(work / "keys" / KEY_FILE)
     secret = Secret.from_key_file(key_file)
     # Synthetic data only: the pseudonym key follows from the scenario, so the stores (sorted
     # by pseudonym) and hence the training order are the same every time it is run.
-    Keyring.create(work / "keys" / "simulation.keyring", "simulation", secret,
+    Keyring.create(work / "keys" / KEYRING_FILE, "simulation", secret,
                    initial_key=hashlib.sha256(f"fedprofile-simulate-{scenario.platform.seed}"
                                               .encode()).digest())
     progress(f"cutting it into {scenario.silos.count} silos")
@@ -104,7 +108,7 @@ def _build(scenario: Scenario, work: Path, progress: Callable[[str], None]
     # the training snapshot the ClientApps use for data ending at as_of (features.snapshot_times)
     train_time = dt.datetime.combine(as_of, dt.time()) - dt.timedelta(days=2 * horizon)
     federation = cut_platform(work / "platform", work / "federation", scenario.silos.count,
-                              work / "keys" / "simulation.keyring", secret,
+                              work / "keys" / KEYRING_FILE, secret,
                               holdout=scenario.silos.holdout, seed=scenario.platform.seed,
                               canaries=scenario.audit.canaries if scenario.audit.enabled else 0,
                               train_time=train_time, horizon_days=horizon, progress=progress)
@@ -165,8 +169,10 @@ def run_scenario(scenario: Scenario, out_dir: Path, progress: Callable[[str], No
             progress(f"        {shown}{spent} ({point.seconds:.0f}s)")
 
         # the segmentation's noise too: the segment report is part of the results
+        releases_started = time.perf_counter()
         releases = _releases(scenario, federation, points, as_of, ledger_key_file, out_dir,
                              progress)
+        timing["releases_seconds"] = time.perf_counter() - releases_started
     audits = _audit(scenario, federation, points, members, horizon, as_of, progress)
     violations = check_bounds(audits)
     rows = summarize(points, scenario.sweep.confidence)
@@ -257,6 +263,11 @@ def _releases(scenario: Scenario, federation: Federation, points: list[PointResu
     if scenario.release.segments:
         rows += segment_rows(_segment_report(scenario, federation, as_of, ledger_key_file, out_dir,
                                              progress), k)
+    if scenario.release.campaigns:
+        keys = out_dir / "work" / "keys"
+        rows += case_release_rows(federation, out_dir / "work" / "platform", keys / KEYRING_FILE,
+                                  keys / KEY_FILE, as_of, k, scenario.seeds[0],
+                                  out_dir / "points" / "campaigns", progress)
     for point in points:
         if point.epsilon is None and point.seed == scenario.seeds[0]:
             metrics = json.loads((Path(point.run_dir) / METRICS_FILE).read_text())

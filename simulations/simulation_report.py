@@ -115,9 +115,10 @@ def render(out_dir: Path, results: dict[str, Any]) -> str:
         f"<p>Groups under k = {releases['k_min']} customers are withheld from customer "
         "breakdowns and segment reports (and one more group when the withheld total could be "
         "recovered from the published total). k-anonymity is the smallest group a released "
-        "table shows. Segment sizes carry DP noise. Per-silo evaluation counts are sent to the "
-        "server as they are; a row marked \"below k\" names a silo whose count describes "
-        "fewer than k customers.</p>",
+        "table shows. Segment sizes carry DP noise. A campaign's report by offer is released "
+        "the same way. Per-silo evaluation counts, PSI set sizes, audience counts, campaign "
+        "plans and A/B reports are published as they are; a row marked \"below k\" names "
+        "each count in it that describes fewer than k customers.</p>",
         html_table(["artifact", "released to", "grouped by", "groups shown",
                     "smallest group released", "k-anonymity", "suppressed groups",
                     "customers in suppressed groups", "status"],

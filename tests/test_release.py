@@ -130,3 +130,28 @@ def test_random_tables_are_k_anonymous(seed):
     assert {c.key for c in rel.cells} == set(true)
     assert all(c.count in (None, true[c.key]) for c in rel.cells)
     assert release_check({c.key: c.count for c in rel.cells}, k_min)["k_anonymous"]
+
+
+def test_campaign_report_by_offer_withholds_a_small_group():
+    from fedprofile.client.breakdown import campaign_breakdown
+    from fedprofile.client.campaigns import Audience, AudienceRow
+
+    spec = [("A", "JP pack", True, 2), ("A", "JP pack", False, 40), ("B", "JP pack", False, 41),
+            ("A", "TH pack", False, 30), ("B", "TH pack", False, 29), ("B", "TH pack", True, 12)]
+    rows, converted = [], []
+    for group, offer, hit, n in spec:
+        for _ in range(n):
+            rows.append(AudienceRow(f"p{len(rows):04d}", group, offer))
+            converted.append(hit)
+    rel = campaign_breakdown(Audience("spring-1", tuple(rows)), np.array(converted), k_min=10)
+    assert rel.quasi_identifiers == ("group", "offer", "outcome")
+    cells = {c.key: c for c in rel.cells}
+    assert cells[("A", "JP pack", "converted")].count is None  # the 2 converters: withheld
+    assert cells[("A", "JP pack", "converted")].reason == "below k"
+    # one more group goes, or 2 would follow from the total (154) minus what is shown
+    assert rel.suppressed_groups == 2 and rel.k_anonymity >= 10
+    assert cells[("B", "TH pack", "converted")].count is None  # the smallest shown (12)
+    assert 2 not in [c["count"] for c in rel.to_dict()["cells"]]
+    assert "<10" in rel.to_text() and rel.to_dict()["total"] == 154
+    with pytest.raises(ValueError, match="converted has 3 value"):
+        campaign_breakdown(Audience("spring-1", tuple(rows)), np.array([True] * 3), k_min=10)

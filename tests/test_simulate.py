@@ -85,6 +85,24 @@ def test_the_run_directory_has_json_csv_plots_and_report(two_runs: tuple[Path, P
     for r in breakdowns:  # a tiny platform has small groups: they are withheld, never shown
         assert r["smallest_group_before"] < 5 and r["suppressed_groups"] > 0
         assert r["smallest_group_released"] is None or r["smallest_group_released"] >= 5
+    # the marketing cases' releases: case 1's PSI and played-out campaign, case 2's tier plans
+    by_name = {r["artifact"]: r for r in releases}
+    for name in ("PSI set sizes (case 1: flights x datapacks)",
+                 "audience counts (case 1: flights x datapacks)",
+                 "campaign plan (case 1: case-1-cross-sell, flights)",
+                 "campaign A/B report (case 1: case-1-cross-sell, flights)",
+                 "campaign report by offer (case-1-cross-sell)",
+                 *(f"campaign plan (case 2: case-2-retention, {line})"
+                   for line in ("datapacks", "flights", "hotels"))):
+        assert name in by_name, name
+    by_offer = by_name["campaign report by offer (case-1-cross-sell)"]
+    assert by_offer["suppressed_groups"] > 0 and by_offer["smallest_group_released"] >= 5
+    for r in releases:  # a count published as it is gets flagged when under k, never hidden
+        if r["suppressed_groups"] == 0 and r["smallest_group_released"] is not None:
+            assert (r["smallest_group_released"] < 5) == r["status"].startswith("below k"), r
+    report = json.loads((first / "points" / "campaigns" / "case-1-cross-sell"
+                         / "campaign-report.json").read_text())
+    assert report["line"] == "datapacks" and report["by_offer"]["k_min"] == 5
     page = (first / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.replace(
         "http-equiv", "")

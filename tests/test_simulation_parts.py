@@ -190,3 +190,27 @@ def test_segment_report_rows_check_what_the_report_shows() -> None:
     assert sizes["status"] == "suppressed below k" and sizes["suppressed_groups"] == 1
     assert cells["groups"] == 4 and cells["smallest_group_released"] == 7
     assert cells["status"].startswith("below k")
+
+
+def test_published_counts_are_flagged_under_k_and_psi_rows_name_both_sides() -> None:
+    from fedprofile.simulations.reidentification import audience_rows, published_row
+
+    row = published_row("campaign plan", "marketers", "arm", {"A": 40, "B": 38, "opted out": 3},
+                        k_min=10)
+    assert row["status"] == "below k: opted out" and row["smallest_group_released"] == 3
+    assert row["suppressed_groups"] == 0  # published as it is: flagged, not hidden
+    psi = {"server": {"receiver": "flights", "sender": "datapacks", "receiver_size": 120,
+                      "sender_size": 95},
+           "receiver": {"selected": 120, "matched_elsewhere": 30, "opted_out": 4, "no_phone": 0,
+                        "audience": 86, "path": "/somewhere/secret"}}
+    sizes, counts = audience_rows(psi, k_min=10, case="case 1")
+    assert sizes["artifact"] == "PSI set sizes (case 1: flights x datapacks)"
+    assert sizes["status"] == "no small group" and sizes["groups"] == 2
+    assert counts["status"] == "below k: opted_out" and counts["groups"] == 4  # 0 is nobody
+
+
+def test_silo_line_strips_the_shard_suffix_only() -> None:
+    from fedprofile.simulations.shards import silo_line
+
+    assert [silo_line(n) for n in ("flights", "flights-03", "datapacks-99", "my-silo")] == \
+        ["flights", "flights", "datapacks", "my-silo"]
