@@ -26,9 +26,14 @@ class ProcessInfo:
 
 
 def snapshot() -> dict[int, ProcessInfo]:
-    """Every process on the machine (``ps`` works on Linux and macOS alike)."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,stat=,args="], capture_output=True,
-                         text=True, check=True).stdout
+    """Every process on the machine (``ps`` works on Linux and macOS alike).
+
+    ``-ww``: without it ``ps`` cuts each command line to ``$COLUMNS`` when
+    that is set (pytest-xdist's workers set 80), and a SuperLink's ``--port``
+    falls off the end of its line.
+    """
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,pgid=,stat=,args="],
+                         capture_output=True, text=True, check=True).stdout
     table = {}
     for line in out.splitlines():
         parts = line.split(None, 4)

@@ -35,3 +35,18 @@ def test_terminate_tree_reaches_a_child_in_its_own_session() -> None:
         bystander.wait()
         if parent.poll() is None:
             parent.kill()
+
+
+def test_snapshot_keeps_whole_command_lines_whatever_columns_says(monkeypatch) -> None:
+    # `fedprofile superlink stop` finds the SuperLink by the `--port` near the end of its line
+    monkeypatch.setenv("COLUMNS", "40")
+    marker = "x" * 150 + "-end-of-line"
+    proc = subprocess.Popen(["bash", "-c", "sleep 300; : " + marker])
+    try:
+        deadline = time.monotonic() + 10
+        while proc.pid not in snapshot() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert snapshot()[proc.pid].args.endswith(marker)
+    finally:
+        proc.kill()
+        proc.wait()
