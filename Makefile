@@ -30,8 +30,9 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "the audit-report test needs Debian's chromium: sudo apt-get install chromium"; fi; }
 
+# Two workers (CI has 2 cores); each test file runs whole on one of them.
 test: $(VENV)/.installed browser
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
