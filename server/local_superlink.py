@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 @dataclass
-class FlowerProcesses:
+class FlowerProcesses(ABC):
     """Flower processes that live exactly as long as a ``with`` block, with a private FLWR_HOME.
 
     A subclass's :meth:`start` brings them up (whatever it started is stopped
@@ -131,11 +132,13 @@ class FlowerProcesses:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None:
+        """Bring the processes up; raise if any of them does not come up."""
 
-    def stop(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None:
+        """End every process :meth:`start` started (safe to call after a half-way start)."""
 
     @property
     def flwr_home(self) -> Path:
