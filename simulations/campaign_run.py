@@ -123,13 +123,12 @@ def write_campaign(played: PlayedCampaign, out_dir: Path,
                          "expected_lift_of_this_split": outcome.expected_observed_lift,
                          "interval_covers_true_lift": bool(low <= outcome.true_lift <= high)},
     }
-    seed = played.seed
     out_dir = Path(out_dir)
     plot_conversion_by_group(report, out_dir / "conversion_by_group.png")
     scores = [row.score for row in audience.rows]
     if all(s is not None for s in scores) and treated.any() and (~treated).any():
         score = np.array(scores, dtype=np.float64)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(played.seed)
         random_score = rng.random(len(score))
         curves = {"by score": qini_curve(score, treated, conv),
                   "random": qini_curve(random_score, treated, conv),
