@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in points.items():
         print(f"{'federated run ' + name:<44} {seconds:>8.1f}")
     releases = timing["releases_seconds"]
-    print(f"{'releases: segmentation, PSI, campaigns, checks':<44} {releases:>8.1f}")
+    print(f"{'releases (segments, PSI, campaigns, checks)':<44} {releases:>8.1f}")
     rest = wall - timing["build_seconds"] - sum(points.values()) - releases
     print(f"{'audit, plots and report':<44} {rest:>8.1f}")
     print(f"{'total wall time':<44} {wall:>8.1f}")
