@@ -13,9 +13,22 @@ from fedprofile.demo import build_silos
 from fedprofile.privacy.keys import Keyring, Secret, generate_key_file
 from fedprofile.privacy.ledger import Ledger, ledger_key_from_file
 from fedprofile.privacy.silo_keys import SiloKeys, load_silo_keys
+from fedprofile.simulations.online_retail import DEFAULT_PATH as ONLINE_RETAIL_PATH
 from fedprofile.simulations.platform import PlatformConfig, generate_platform
 
 SMALL_PLATFORM = PlatformConfig(n_customers=3000, seed=11)
+
+ONLINE_RETAIL_MISSING = (f"the UCI Online Retail file is not at {ONLINE_RETAIL_PATH} "
+                         "(it is read from ../shared beside the checkout)")
+needs_online_retail = pytest.mark.skipif(not ONLINE_RETAIL_PATH.exists(),
+                                         reason=ONLINE_RETAIL_MISSING)
+"""Marks a test on the real dataset; a checkout without ``../shared`` skips it, saying why."""
+
+
+def require_online_retail() -> None:
+    """Skip the calling fixture's tests when the real dataset is not beside the checkout."""
+    if not ONLINE_RETAIL_PATH.exists():
+        pytest.skip(ONLINE_RETAIL_MISSING)
 
 LONGEST_FILES = ("test_simulate.py", "test_deployment.py", "test_cli.py", "test_joint.py",
                  "test_dp_training.py")

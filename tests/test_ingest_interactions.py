@@ -25,7 +25,7 @@ from fedprofile.privacy.pseudonyms import pseudonymize_values
 from fedprofile.privacy.silo_keys import SiloKeys, load_silo_keys
 from fedprofile.simulations.online_retail import DEFAULT_PATH, write_silo_files
 
-from .conftest import Domain
+from .conftest import Domain, needs_online_retail
 
 HEADER = "member,sku,when,amount,country,no_marketing,note"
 GOOD_ROWS = [
@@ -474,9 +474,7 @@ def test_cli_retail_prepare_missing_data(tmp_path: Path, domain: Domain,
     assert not (tmp_path / "silos").exists()
 
 
-@pytest.mark.skipif(not DEFAULT_PATH.exists(), reason="the UCI Online Retail file "
-                    "(../shared/data/online_retail/online_retail.csv.gz) is not beside this "
-                    "checkout")
+@needs_online_retail
 def test_cli_retail_prepare_real_file(tmp_path: Path, domain: Domain,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     silos = tmp_path / "retail"

@@ -19,6 +19,9 @@ from fedprofile.client.profiles import (CLV_HISTORIC, CLV_MODEL, PROFILE_VECTOR_
 from fedprofile.client.tags import (NUMERIC_FIELDS, TEXT_FIELDS, TagRuleError, apply_tags,
                                     load_tag_rules)
 from fedprofile.models.clv import prob_no_purchase
+from fedprofile.simulations import online_retail
+
+from .conftest import require_online_retail
 
 
 def at(month: int, day: int, hour: int = 0) -> dt.datetime:
@@ -332,9 +335,7 @@ def test_decode_vector_inverts_the_transforms(profiles: Profiles) -> None:
 
 @pytest.fixture(scope="module")
 def retail_uk() -> Interactions:
-    online_retail = pytest.importorskip("fedprofile.simulations.online_retail")
-    if not online_retail.DEFAULT_PATH.exists():
-        pytest.skip(f"the Online Retail file is not at {online_retail.DEFAULT_PATH}")
+    require_online_retail()
     silos, _ = online_retail.load(limit=60_000)
     return online_retail.to_interactions(silos["uk"], "uk")
 

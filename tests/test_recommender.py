@@ -20,6 +20,8 @@ from fedprofile.models.recommender import (Catalog, RecommenderModel, RecTestDat
 from fedprofile.models.training import TrainParams
 from fedprofile.simulations import online_retail
 
+from .conftest import require_online_retail
+
 T0 = dt.datetime(2011, 1, 1)
 
 
@@ -40,8 +42,7 @@ HAND = Interactions.from_records([
 
 @pytest.fixture(scope="module")
 def uk_slice() -> Split:
-    if not online_retail.DEFAULT_PATH.exists():
-        pytest.skip(f"the Online Retail data is not at {online_retail.DEFAULT_PATH}")
+    require_online_retail()
     silos, _ = online_retail.load(limit=60_000)
     return leave_last_out(online_retail.to_interactions(silos["uk"], "uk"))
 

@@ -18,12 +18,9 @@ from fedprofile.models.recommender import top_k
 from fedprofile.simulations.online_retail import DEFAULT_PATH, build_retail_silos
 from fedprofile.simulations.training import run_training, summary_table
 
-from .conftest import Domain, open_ledger, workspace_ledger
+from .conftest import Domain, needs_online_retail, open_ledger, workspace_ledger
 
-pytestmark = pytest.mark.skipif(
-    not DEFAULT_PATH.exists(),
-    reason="the UCI Online Retail file (../shared/data/online_retail/online_retail.csv.gz) "
-           "is not beside this checkout")
+pytestmark = needs_online_retail
 
 SILOS = ("eu", "rest", "uk")
 
